@@ -1,0 +1,57 @@
+# dmabuf-io front door. See README.md.
+#   make check   host unit tests, then the guest suites in the VM (debug kernel; strict, lazy, pt)
+#   make bench   the benchmark matrix on the perf kernel -> build/bench/results.json, iops.png
+#   make kernel  both kernel flavours + patched uapi headers in build/usr/include
+#   make vm      an interactive guest shell (debug kernel, strict IOMMU)
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+JOBS ?= $(shell nproc)
+HOST := build/host
+
+# Debian 12 packages the lab needs; installed with apt-get when one is missing (as root).
+PACKAGES := build-essential flex bison bc libelf-dev libssl-dev cpio kmod dwarves rsync \
+	linux-source-6.12 qemu-system-x86 ccache git xz-utils zstd python3 \
+	cmake pkg-config liburing-dev googletest libgtest-dev fio gnuplot-nox \
+	clang-format clang-tidy
+
+.PHONY: all check bench kernel kernel-debug kernel-perf userspace vm deps lint clean
+
+all: userspace
+
+deps:
+	@missing=$$(for p in $(PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "deps: installing" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then echo "deps: run as root to apt-get install:" $$missing >&2; exit 1; fi; \
+		apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+kernel-debug: deps
+	vm/kernel-build debug
+kernel-perf: deps
+	vm/kernel-build perf
+kernel: kernel-debug kernel-perf
+
+userspace: deps
+	cmake -S . -B $(HOST) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build $(HOST) -j $(JOBS)
+
+check: kernel-debug userspace
+	ctest --test-dir $(HOST) --output-on-failure -L unit
+	ctest --test-dir $(HOST) --output-on-failure -L guest
+
+bench: kernel-perf userspace
+	tools/bench/matrix
+
+vm: kernel-debug userspace
+	vm/run --interactive
+
+lint: userspace
+	clang-format --dry-run --Werror $$(git ls-files '*.cpp' '*.hpp')
+	clang-tidy -p $(HOST) --quiet $$(git ls-files '*.cpp')
+
+clean:
+	rm -rf $(HOST) build/bench build/vm
