@@ -1,0 +1,69 @@
+// The ring's registered-buffer table: user memory and dma-buf slots (design.md "uapi").
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dmabufio/dmabuf.hpp"
+#include "dmabufio/ring.hpp"
+#include "dmabufio/uapi.hpp"
+
+namespace dmabufio {
+
+// Does the running kernel take dma-buf slots (IORING_RSRC_UPDATE_EXTENDED)? If not, why, in words.
+struct Probe {
+    bool dmabuf_slots = false;
+    std::string why;
+};
+Probe probe();
+
+// How a slot holds its memory. kUserMapping is the explicit fallback: a dma-buf's CPU mapping
+// registered as ordinary user memory (per-I/O DMA mapping, but the same data).
+enum class SlotKind { kEmpty, kUser, kDmaBuf, kUserMapping };
+const char* to_string(SlotKind k);
+
+class BufferTable {
+public:
+    // Registers an empty (sparse) table of `slots` slots on ring. Throws Error.
+    BufferTable(Ring& ring, unsigned slots);
+    BufferTable(const BufferTable&) = delete;
+    BufferTable& operator=(const BufferTable&) = delete;
+    BufferTable(BufferTable&&) = delete;
+    BufferTable& operator=(BufferTable&&) = delete;
+    ~BufferTable();
+
+    // One raw extended update of `slot`; returns the kernel's answer (1, or -errno), no throw.
+    int update(unsigned slot, const io_uring_regbuf_desc& desc) noexcept;
+
+    void register_user(unsigned slot, void* addr, std::size_t len);
+    // Registers the whole dma-buf against target_fd (an O_DIRECT NVMe block device). If the kernel
+    // lacks dma-buf slots and allow_mmap_fallback is set, registers the dma-buf's CPU mapping as user
+    // memory instead. Returns the kind used; never falls back silently. Throws Error.
+    SlotKind register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd, bool allow_mmap_fallback = false);
+    void clear(unsigned slot);
+
+    [[nodiscard]] SlotKind kind(unsigned slot) const { return slots_.at(slot).kind; }
+    // The `addr` an SQE gives for byte `offset` of the slot's buffer: the offset itself for a
+    // dma-buf slot, a user address otherwise.
+    [[nodiscard]] std::uint64_t addr(unsigned slot, std::uint64_t offset) const;
+
+    // READ_FIXED/WRITE_FIXED of len bytes at byte `offset` of the slot, at dev_offset of fd.
+    // Returns the CQE result (bytes or -errno).
+    int read(int fd, unsigned slot, std::uint64_t offset, unsigned len, std::uint64_t dev_offset);
+    int write(int fd, unsigned slot, std::uint64_t offset, unsigned len, std::uint64_t dev_offset);
+    // Queues one without submitting (asynchronous form); user_data is the caller's.
+    void prep(bool write, int fd, unsigned slot, std::uint64_t offset, unsigned len,
+              std::uint64_t dev_offset, std::uint64_t user_data);
+
+private:
+    struct Slot {
+        SlotKind kind = SlotKind::kEmpty;
+        std::uint64_t base = 0;
+    };
+    Ring& ring_;
+    std::vector<Slot> slots_;
+};
+
+}  // namespace dmabufio

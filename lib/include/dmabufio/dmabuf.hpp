@@ -1,0 +1,57 @@
+// dma-bufs: an owning fd with its size and an optional CPU mapping, from the exporters we use.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "dmabufio/fd.hpp"
+
+namespace dmabufio {
+
+enum class Exporter {
+    kUdmabuf,  // /dev/udmabuf over a sealed memfd
+    kHeap,     // /dev/dma_heap/system
+    kTest,     // /dev/dmabuf_test (the test exporter: MOVE on demand)
+};
+// "udmabuf", "heap", "test" -> Exporter; throws Error(EINVAL) on anything else.
+Exporter parse_exporter(const std::string& name);
+const char* to_string(Exporter e);
+
+class DmaBuf {
+public:
+    // Allocates size bytes (a multiple of the page size) from exporter. Throws Error with advice
+    // (e.g. the udmabuf size limit, a missing heap).
+    static DmaBuf allocate(Exporter exporter, std::size_t size);
+    // Takes ownership of an existing dma-buf fd of the given size.
+    DmaBuf(Fd fd, std::size_t size, Exporter exporter) : fd_(std::move(fd)), size_(size), exporter_(exporter) {}
+
+    DmaBuf(const DmaBuf&) = delete;
+    DmaBuf& operator=(const DmaBuf&) = delete;
+    DmaBuf(DmaBuf&& other) noexcept;
+    DmaBuf& operator=(DmaBuf&& other) noexcept;
+    ~DmaBuf();
+
+    [[nodiscard]] int fd() const noexcept { return fd_.get(); }
+    [[nodiscard]] std::size_t size() const noexcept { return size_; }
+    [[nodiscard]] Exporter exporter() const noexcept { return exporter_; }
+
+    // The CPU view (MAP_SHARED), mapped on first use. Throws Error if the exporter cannot mmap.
+    std::span<std::uint8_t> map();
+    // CPU access brackets (DMA_BUF_IOCTL_SYNC) around reads/writes of map().
+    void begin_cpu_access(bool write);
+    void end_cpu_access(bool write);
+    // Test exporter only: migrate to new backing pages (contents kept). Throws Error.
+    void move();
+    // Closes the fd (and unmaps); a registration made from it stays valid in the kernel.
+    void close();
+
+private:
+    Fd fd_;
+    std::size_t size_ = 0;
+    Exporter exporter_ = Exporter::kUdmabuf;
+    void* map_ = nullptr;
+};
+
+}  // namespace dmabufio

@@ -1,0 +1,154 @@
+#include "dmabufio/buffer_table.hpp"
+
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "dmabufio/error.hpp"
+
+namespace dmabufio {
+namespace {
+
+int register_update(int ring_fd, unsigned slot, const io_uring_regbuf_desc* desc) {
+    io_uring_rsrc_update2 up{};
+    up.offset = slot;
+    up.resv = IORING_RSRC_UPDATE_EXTENDED;  // "flags" in the patched uapi
+    up.data = reinterpret_cast<std::uintptr_t>(desc);
+    up.nr = 1;
+    const long ret = ::syscall(__NR_io_uring_register, ring_fd, IORING_REGISTER_BUFFERS_UPDATE, &up,
+                               sizeof(up));
+    return ret < 0 ? -errno : static_cast<int>(ret);
+}
+
+std::string advice_for(int err) {
+    switch (err) {
+        case EOPNOTSUPP:
+            return "the target must be an NVMe (blk-mq) block device opened with O_DIRECT";
+        case EBADF: return "dmabuf_fd must be an open dma-buf and target_fd an open file";
+        case EINVAL:
+            return "the dma-buf size must be a multiple of the device's page size, and this kernel "
+                   "must have dma-buf registration (see probe())";
+        case ENOMEM: return "not enough memory to map the dma-buf";
+        default: return {};
+    }
+}
+
+}  // namespace
+
+Probe probe() {
+    try {
+        Ring ring(1);
+        io_uring_regbuf_desc desc{};
+        desc.type = IO_REGBUF_TYPE_EMPTY;
+        if (int ret = io_uring_register_buffers_sparse(ring.get(), 1); ret < 0) {
+            return {false, "this kernel cannot make a sparse buffer table (" + std::to_string(-ret) + ")"};
+        }
+        const int ret = register_update(ring.fd(), 0, &desc);
+        if (ret == 1) {
+            return {true, "this kernel takes dma-buf slots (IORING_RSRC_UPDATE_EXTENDED)"};
+        }
+        if (ret == -EINVAL) {
+            return {false, "this kernel lacks dma-buf registration: io_uring rejected "
+                           "IORING_RSRC_UPDATE_EXTENDED (a kernel with the dmabuf-io series is needed)"};
+        }
+        return {false, "probing dma-buf registration failed with errno " + std::to_string(-ret)};
+    } catch (const Error& e) {
+        return {false, e.what()};
+    }
+}
+
+const char* to_string(SlotKind k) {
+    switch (k) {
+        case SlotKind::kEmpty: return "empty";
+        case SlotKind::kUser: return "user memory";
+        case SlotKind::kDmaBuf: return "dma-buf (pre-mapped)";
+        case SlotKind::kUserMapping: return "dma-buf CPU mapping as user memory (fallback)";
+    }
+    return "?";
+}
+
+BufferTable::BufferTable(Ring& ring, unsigned slots) : ring_(ring), slots_(slots) {
+    ring_.register_buffers_sparse(slots);
+}
+
+BufferTable::~BufferTable() { io_uring_unregister_buffers(ring_.get()); }
+
+int BufferTable::update(unsigned slot, const io_uring_regbuf_desc& desc) noexcept {
+    return register_update(ring_.fd(), slot, &desc);
+}
+
+void BufferTable::register_user(unsigned slot, void* addr, std::size_t len) {
+    iovec iov{addr, len};
+    // The classic (non-extended) update works on every kernel with sparse tables.
+    const int ret = io_uring_register_buffers_update_tag(ring_.get(), slot, &iov, nullptr, 1);
+    if (ret < 0) {
+        throw_error(ret, "register user memory in slot " + std::to_string(slot),
+                    ret == -ENOMEM ? "raise RLIMIT_MEMLOCK (ulimit -l)" : "");
+    }
+    slots_.at(slot) = {SlotKind::kUser, reinterpret_cast<std::uintptr_t>(addr)};
+}
+
+SlotKind BufferTable::register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd, bool allow_mmap_fallback) {
+    io_uring_regbuf_desc desc{};
+    desc.type = IO_REGBUF_TYPE_DMABUF;
+    desc.dmabuf_fd = buf.fd();
+    desc.target_fd = target_fd;
+    const int ret = update(slot, desc);
+    if (ret == 1) {
+        slots_.at(slot) = {SlotKind::kDmaBuf, 0};
+        return SlotKind::kDmaBuf;
+    }
+    if (ret == -EINVAL && allow_mmap_fallback && !probe().dmabuf_slots) {
+        auto view = buf.map();
+        register_user(slot, view.data(), view.size());
+        slots_.at(slot).kind = SlotKind::kUserMapping;
+        return SlotKind::kUserMapping;
+    }
+    throw_error(ret, "register a " + std::string(to_string(buf.exporter())) + " dma-buf in slot " +
+                         std::to_string(slot),
+                advice_for(-ret));
+}
+
+void BufferTable::clear(unsigned slot) {
+    io_uring_regbuf_desc desc{};
+    desc.type = IO_REGBUF_TYPE_EMPTY;
+    int ret = update(slot, desc);
+    if (ret == -EINVAL && !probe().dmabuf_slots) {
+        iovec empty{nullptr, 0};  // the classic way to clear a slot
+        ret = io_uring_register_buffers_update_tag(ring_.get(), slot, &empty, nullptr, 1);
+    }
+    if (ret < 0) {
+        throw_error(ret, "clear buffer slot " + std::to_string(slot));
+    }
+    slots_.at(slot) = {};
+}
+
+std::uint64_t BufferTable::addr(unsigned slot, std::uint64_t offset) const {
+    return slots_.at(slot).base + offset;
+}
+
+void BufferTable::prep(bool write, int fd, unsigned slot, std::uint64_t offset, unsigned len,
+                       std::uint64_t dev_offset, std::uint64_t user_data) {
+    io_uring_sqe* sqe = ring_.sqe();
+    // NOLINTNEXTLINE(performance-no-int-to-ptr): a dma-buf slot's "address" is a byte offset.
+    auto* a = reinterpret_cast<void*>(addr(slot, offset));
+    if (write) {
+        io_uring_prep_write_fixed(sqe, fd, a, len, dev_offset, static_cast<int>(slot));
+    } else {
+        io_uring_prep_read_fixed(sqe, fd, a, len, dev_offset, static_cast<int>(slot));
+    }
+    sqe->user_data = user_data;
+}
+
+int BufferTable::read(int fd, unsigned slot, std::uint64_t offset, unsigned len, std::uint64_t dev_offset) {
+    prep(false, fd, slot, offset, len, dev_offset, 0);
+    return ring_.submit_and_wait_one().second;
+}
+
+int BufferTable::write(int fd, unsigned slot, std::uint64_t offset, unsigned len, std::uint64_t dev_offset) {
+    prep(true, fd, slot, offset, len, dev_offset, 0);
+    return ring_.submit_and_wait_one().second;
+}
+
+}  // namespace dmabufio
