@@ -128,7 +128,7 @@ std::uint64_t BufferTable::addr(unsigned slot, std::uint64_t offset) const {
     return slots_.at(slot).base + offset;
 }
 
-void BufferTable::prep(bool write, int fd, unsigned slot, std::uint64_t offset, unsigned len,
+io_uring_sqe* BufferTable::prep(bool write, int fd, unsigned slot, std::uint64_t offset, unsigned len,
                        std::uint64_t dev_offset, std::uint64_t user_data) {
     io_uring_sqe* sqe = ring_.sqe();
     // NOLINTNEXTLINE(performance-no-int-to-ptr): a dma-buf slot's "address" is a byte offset.
@@ -139,6 +139,7 @@ void BufferTable::prep(bool write, int fd, unsigned slot, std::uint64_t offset, 
         io_uring_prep_read_fixed(sqe, fd, a, len, dev_offset, static_cast<int>(slot));
     }
     sqe->user_data = user_data;
+    return sqe;
 }
 
 int BufferTable::read(int fd, unsigned slot, std::uint64_t offset, unsigned len, std::uint64_t dev_offset) {

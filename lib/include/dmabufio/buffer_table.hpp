@@ -53,8 +53,9 @@ public:
     // Returns the CQE result (bytes or -errno).
     int read(int fd, unsigned slot, std::uint64_t offset, unsigned len, std::uint64_t dev_offset);
     int write(int fd, unsigned slot, std::uint64_t offset, unsigned len, std::uint64_t dev_offset);
-    // Queues one without submitting (asynchronous form); user_data is the caller's.
-    void prep(bool write, int fd, unsigned slot, std::uint64_t offset, unsigned len,
+    // Queues one without submitting (asynchronous form); user_data is the caller's. Returns the
+    // SQE so the caller can add flags (IOSQE_FIXED_FILE: then fd is a fixed-file index).
+    io_uring_sqe* prep(bool write, int fd, unsigned slot, std::uint64_t offset, unsigned len,
               std::uint64_t dev_offset, std::uint64_t user_data);
 
 private:
