@@ -16,8 +16,8 @@ int register_update(int ring_fd, unsigned slot, const io_uring_regbuf_desc* desc
     up.resv = IORING_RSRC_UPDATE_EXTENDED;  // "flags" in the patched uapi
     up.data = reinterpret_cast<std::uintptr_t>(desc);
     up.nr = 1;
-    const long ret = ::syscall(__NR_io_uring_register, ring_fd, IORING_REGISTER_BUFFERS_UPDATE, &up,
-                               sizeof(up));
+    const long ret =
+        ::syscall(__NR_io_uring_register, ring_fd, IORING_REGISTER_BUFFERS_UPDATE, &up, sizeof(up));
     return ret < 0 ? -errno : static_cast<int>(ret);
 }
 
@@ -25,12 +25,15 @@ std::string advice_for(int err) {
     switch (err) {
         case EOPNOTSUPP:
             return "the target must be an NVMe (blk-mq) block device opened with O_DIRECT";
-        case EBADF: return "dmabuf_fd must be an open dma-buf and target_fd an open file";
+        case EBADF:
+            return "dmabuf_fd must be an open dma-buf and target_fd an open file";
         case EINVAL:
             return "the dma-buf size must be a multiple of the device's page size, and this kernel "
                    "must have dma-buf registration (see probe())";
-        case ENOMEM: return "not enough memory to map the dma-buf";
-        default: return {};
+        case ENOMEM:
+            return "not enough memory to map the dma-buf";
+        default:
+            return {};
     }
 }
 
@@ -42,15 +45,17 @@ Probe probe() {
         io_uring_regbuf_desc desc{};
         desc.type = IO_REGBUF_TYPE_EMPTY;
         if (int ret = io_uring_register_buffers_sparse(ring.get(), 1); ret < 0) {
-            return {false, "this kernel cannot make a sparse buffer table (" + std::to_string(-ret) + ")"};
+            return {false,
+                    "this kernel cannot make a sparse buffer table (" + std::to_string(-ret) + ")"};
         }
         const int ret = register_update(ring.fd(), 0, &desc);
         if (ret == 1) {
             return {true, "this kernel takes dma-buf slots (IORING_RSRC_UPDATE_EXTENDED)"};
         }
         if (ret == -EINVAL) {
-            return {false, "this kernel lacks dma-buf registration: io_uring rejected "
-                           "IORING_RSRC_UPDATE_EXTENDED (a kernel with the dmabuf-io series is needed)"};
+            return {false,
+                    "this kernel lacks dma-buf registration: io_uring rejected "
+                    "IORING_RSRC_UPDATE_EXTENDED (a kernel with the dmabuf-io series is needed)"};
         }
         return {false, "probing dma-buf registration failed with errno " + std::to_string(-ret)};
     } catch (const Error& e) {
@@ -60,10 +65,14 @@ Probe probe() {
 
 const char* to_string(SlotKind k) {
     switch (k) {
-        case SlotKind::kEmpty: return "empty";
-        case SlotKind::kUser: return "user memory";
-        case SlotKind::kDmaBuf: return "dma-buf (pre-mapped)";
-        case SlotKind::kUserMapping: return "dma-buf CPU mapping as user memory (fallback)";
+        case SlotKind::kEmpty:
+            return "empty";
+        case SlotKind::kUser:
+            return "user memory";
+        case SlotKind::kDmaBuf:
+            return "dma-buf (pre-mapped)";
+        case SlotKind::kUserMapping:
+            return "dma-buf CPU mapping as user memory (fallback)";
     }
     return "?";
 }
@@ -89,7 +98,8 @@ void BufferTable::register_user(unsigned slot, void* addr, std::size_t len) {
     slots_.at(slot) = {SlotKind::kUser, reinterpret_cast<std::uintptr_t>(addr)};
 }
 
-SlotKind BufferTable::register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd, bool allow_mmap_fallback) {
+SlotKind BufferTable::register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd,
+                                      bool allow_mmap_fallback) {
     io_uring_regbuf_desc desc{};
     desc.type = IO_REGBUF_TYPE_DMABUF;
     desc.dmabuf_fd = buf.fd();
@@ -105,8 +115,9 @@ SlotKind BufferTable::register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd,
         slots_.at(slot).kind = SlotKind::kUserMapping;
         return SlotKind::kUserMapping;
     }
-    throw_error(ret, "register a " + std::string(to_string(buf.exporter())) + " dma-buf in slot " +
-                         std::to_string(slot),
+    throw_error(ret,
+                "register a " + std::string(to_string(buf.exporter())) + " dma-buf in slot " +
+                    std::to_string(slot),
                 advice_for(-ret));
 }
 
@@ -128,8 +139,8 @@ std::uint64_t BufferTable::addr(unsigned slot, std::uint64_t offset) const {
     return slots_.at(slot).base + offset;
 }
 
-io_uring_sqe* BufferTable::prep(bool write, int fd, unsigned slot, std::uint64_t offset, unsigned len,
-                       std::uint64_t dev_offset, std::uint64_t user_data) {
+io_uring_sqe* BufferTable::prep(bool write, int fd, unsigned slot, std::uint64_t offset,
+                                unsigned len, std::uint64_t dev_offset, std::uint64_t user_data) {
     io_uring_sqe* sqe = ring_.sqe();
     // NOLINTNEXTLINE(performance-no-int-to-ptr): a dma-buf slot's "address" is a byte offset.
     auto* a = reinterpret_cast<void*>(addr(slot, offset));
@@ -142,12 +153,14 @@ io_uring_sqe* BufferTable::prep(bool write, int fd, unsigned slot, std::uint64_t
     return sqe;
 }
 
-int BufferTable::read(int fd, unsigned slot, std::uint64_t offset, unsigned len, std::uint64_t dev_offset) {
+int BufferTable::read(int fd, unsigned slot, std::uint64_t offset, unsigned len,
+                      std::uint64_t dev_offset) {
     prep(false, fd, slot, offset, len, dev_offset, 0);
     return ring_.submit_and_wait_one().second;
 }
 
-int BufferTable::write(int fd, unsigned slot, std::uint64_t offset, unsigned len, std::uint64_t dev_offset) {
+int BufferTable::write(int fd, unsigned slot, std::uint64_t offset, unsigned len,
+                       std::uint64_t dev_offset) {
     prep(true, fd, slot, offset, len, dev_offset, 0);
     return ring_.submit_and_wait_one().second;
 }

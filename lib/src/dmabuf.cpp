@@ -63,7 +63,8 @@ Fd heap(std::size_t size) {
 }
 
 Fd test_exporter(std::size_t size) {
-    Fd dev = open_dev("/dev/dmabuf_test", "the kernel needs CONFIG_DMABUF_TEST_EXPORTER (debug kernel)");
+    Fd dev =
+        open_dev("/dev/dmabuf_test", "the kernel needs CONFIG_DMABUF_TEST_EXPORTER (debug kernel)");
     dmabuf_test_create create{};
     create.size = size;
     if (::ioctl(dev.get(), DMABUF_TEST_IOCTL_CREATE, &create) != 0) {
@@ -89,18 +90,24 @@ Exporter parse_exporter(const std::string& name) {
 
 const char* to_string(Exporter e) {
     switch (e) {
-        case Exporter::kUdmabuf: return "udmabuf";
-        case Exporter::kHeap: return "heap";
-        case Exporter::kTest: return "test";
+        case Exporter::kUdmabuf:
+            return "udmabuf";
+        case Exporter::kHeap:
+            return "heap";
+        case Exporter::kTest:
+            return "test";
     }
     return "?";
 }
 
 DmaBuf DmaBuf::allocate(Exporter exporter, std::size_t size) {
     switch (exporter) {
-        case Exporter::kUdmabuf: return {udmabuf(size), size, exporter};
-        case Exporter::kHeap: return {heap(size), size, exporter};
-        case Exporter::kTest: return {test_exporter(size), size, exporter};
+        case Exporter::kUdmabuf:
+            return {udmabuf(size), size, exporter};
+        case Exporter::kHeap:
+            return {heap(size), size, exporter};
+        case Exporter::kTest:
+            return {test_exporter(size), size, exporter};
     }
     throw_error(EINVAL, "allocate a dma-buf from an unknown exporter");
 }

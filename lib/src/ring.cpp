@@ -14,7 +14,8 @@ Ring::Ring(unsigned entries, unsigned flags) {
 Ring::~Ring() { io_uring_queue_exit(&ring_); }
 
 void Ring::register_buffers(std::span<const iovec> buffers) {
-    int ret = io_uring_register_buffers(&ring_, buffers.data(), static_cast<unsigned>(buffers.size()));
+    int ret =
+        io_uring_register_buffers(&ring_, buffers.data(), static_cast<unsigned>(buffers.size()));
     if (ret < 0) {
         throw_error(ret, "register user buffers",
                     ret == -ENOMEM ? "raise RLIMIT_MEMLOCK (ulimit -l) or register less memory"
@@ -66,8 +67,7 @@ int Ring::read_fixed(int fd, void* addr, unsigned len, std::uint64_t offset, int
     return submit_and_wait_one().second;
 }
 
-int Ring::write_fixed(int fd, const void* addr, unsigned len, std::uint64_t offset,
-                      int buf_index) {
+int Ring::write_fixed(int fd, const void* addr, unsigned len, std::uint64_t offset, int buf_index) {
     io_uring_prep_write_fixed(sqe(), fd, addr, len, offset, buf_index);
     return submit_and_wait_one().second;
 }

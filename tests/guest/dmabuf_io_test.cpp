@@ -39,7 +39,7 @@ void raise_udmabuf_limit() {
 }
 
 class DmaBufIo : public testing::TestWithParam<std::tuple<Exporter, std::size_t>> {
-protected:
+  protected:
     void SetUp() override { raise_udmabuf_limit(); }
 };
 
@@ -58,8 +58,8 @@ TEST_P(DmaBufIo, RoundTripsAgainstTheOrdinaryPath) {
     ASSERT_EQ(table.register_dmabuf(1, buf, dev.fd()), SlotKind::kDmaBuf);
     auto view = buf.map();
 
-    std::vector<std::size_t> lens{4 * kKiB, 8 * kKiB, 60 * kKiB, 128 * kKiB, 512 * kKiB + 4 * kKiB,
-                                  kMiB, 3 * kMiB + 512};
+    std::vector<std::size_t> lens{
+        4 * kKiB, 8 * kKiB, 60 * kKiB, 128 * kKiB, 512 * kKiB + 4 * kKiB, kMiB, 3 * kMiB + 512};
     std::vector<std::size_t> boffs{0, 512, 4 * kKiB, 12 * kKiB + 512};
     guest::Memory bounce(4 * kMiB);
     std::uint64_t seed = size;
@@ -74,12 +74,14 @@ TEST_P(DmaBufIo, RoundTripsAgainstTheOrdinaryPath) {
                 }
                 off &= ~std::size_t{511};
                 const std::uint64_t dev_off = (seed % 64) * kMiB + boff;
-                SCOPED_TRACE(testing::Message() << "len " << len << " buf off " << off << " dev off " << dev_off);
+                SCOPED_TRACE(testing::Message()
+                             << "len " << len << " buf off " << off << " dev off " << dev_off);
                 // dma-buf -> device, checked through the ordinary path.
                 buf.begin_cpu_access(true);
                 guest::fill(view.data() + off, len, seed++);
                 buf.end_cpu_access(true);
-                ASSERT_EQ(table.write(dev.fd(), 1, off, static_cast<unsigned>(len), dev_off), static_cast<int>(len));
+                ASSERT_EQ(table.write(dev.fd(), 1, off, static_cast<unsigned>(len), dev_off),
+                          static_cast<int>(len));
                 ref.read(bounce.data(), len, dev_off);
                 buf.begin_cpu_access(false);
                 ASSERT_EQ(std::memcmp(bounce.data(), view.data() + off, len), 0);
@@ -87,7 +89,8 @@ TEST_P(DmaBufIo, RoundTripsAgainstTheOrdinaryPath) {
                 // device -> dma-buf, written through the ordinary path.
                 guest::fill(bounce.data(), len, seed++);
                 ref.write(bounce.data(), len, dev_off);
-                ASSERT_EQ(table.read(dev.fd(), 1, off, static_cast<unsigned>(len), dev_off), static_cast<int>(len));
+                ASSERT_EQ(table.read(dev.fd(), 1, off, static_cast<unsigned>(len), dev_off),
+                          static_cast<int>(len));
                 buf.begin_cpu_access(false);
                 ASSERT_EQ(std::memcmp(bounce.data(), view.data() + off, len), 0);
                 buf.end_cpu_access(false);
@@ -95,7 +98,8 @@ TEST_P(DmaBufIo, RoundTripsAgainstTheOrdinaryPath) {
             }
         }
     }
-    std::printf("[          ] %s %zu bytes: %zu bytes verified\n", dmabufio::to_string(exporter), size, verified);
+    std::printf("[          ] %s %zu bytes: %zu bytes verified\n", dmabufio::to_string(exporter),
+                size, verified);
 }
 
 std::string name(const testing::TestParamInfo<DmaBufIo::ParamType>& info) {
@@ -151,7 +155,8 @@ TEST(DmaBufIoDepth, RandomReadsAtQueueDepths1To128) {
                 const std::size_t len = (1 + gen() % 16) * 4 * kKiB;
                 const std::size_t off = (gen() % ((kRegion - len) / 512)) * 512;
                 ios.emplace_back(off, len);
-                table.prep(false, dev.fd(), 0, i * 64 * kKiB, static_cast<unsigned>(len), 256 * kMiB + off, i);
+                table.prep(false, dev.fd(), 0, i * 64 * kKiB, static_cast<unsigned>(len),
+                           256 * kMiB + off, i);
             }
             for (unsigned i = 0; i < qd; i++) {
                 auto [ud, res] = ring.submit_and_wait_one();
@@ -160,7 +165,9 @@ TEST(DmaBufIoDepth, RandomReadsAtQueueDepths1To128) {
             }
             buf.begin_cpu_access(false);
             for (unsigned i = 0; i < qd; i++) {
-                ASSERT_EQ(std::memcmp(view.data() + i * 64 * kKiB, pattern.data() + ios[i].first, ios[i].second), 0)
+                ASSERT_EQ(std::memcmp(view.data() + i * 64 * kKiB, pattern.data() + ios[i].first,
+                                      ios[i].second),
+                          0)
                     << "qd " << qd << " I/O " << i;
             }
             buf.end_cpu_access(false);

@@ -18,7 +18,8 @@ constexpr std::size_t kMiB = 1024 * 1024;
 
 struct Mapping {
     explicit Mapping(std::size_t n)
-        : size(n), ptr(::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)) {}
+        : size(n),
+          ptr(::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)) {}
     Mapping(const Mapping&) = delete;
     Mapping& operator=(const Mapping&) = delete;
     ~Mapping() {

@@ -23,9 +23,10 @@ constexpr std::size_t kGiB = 1024 * kMiB;
 
 // Anonymous page-aligned memory (for the ordinary O_DIRECT reference path).
 class Memory {
-public:
+  public:
     explicit Memory(std::size_t n)
-        : size_(n), ptr_(::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)) {
+        : size_(n),
+          ptr_(::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)) {
         if (ptr_ == MAP_FAILED) {
             throw std::runtime_error("mmap " + std::to_string(n) + " bytes failed");
         }
@@ -37,7 +38,7 @@ public:
     [[nodiscard]] std::size_t size() const { return size_; }
     [[nodiscard]] std::span<std::uint8_t> span() const { return {data(), size_}; }
 
-private:
+  private:
     std::size_t size_;
     void* ptr_;
 };
@@ -56,24 +57,26 @@ inline void fill(std::uint8_t* p, std::size_t n, std::uint64_t seed) {
 
 // The ordinary direct-I/O path, for reference: a second O_DIRECT fd and pread/pwrite.
 class Reference {
-public:
+  public:
     Reference() : fd_(::open(kDevice, O_RDWR | O_DIRECT | O_CLOEXEC)) {
         if (!fd_.valid()) {
             throw std::runtime_error(std::string("open ") + kDevice + ": " + std::strerror(errno));
         }
     }
-    void write(const std::uint8_t* p, std::size_t n, std::uint64_t off) const { io(true, const_cast<std::uint8_t*>(p), n, off); }
+    void write(const std::uint8_t* p, std::size_t n, std::uint64_t off) const {
+        io(true, const_cast<std::uint8_t*>(p), n, off);
+    }
     void read(std::uint8_t* p, std::size_t n, std::uint64_t off) const { io(false, p, n, off); }
     [[nodiscard]] int fd() const { return fd_.get(); }
 
-private:
+  private:
     void io(bool w, std::uint8_t* p, std::size_t n, std::uint64_t off) const {
         while (n > 0) {
             const ssize_t r = w ? ::pwrite(fd_.get(), p, n, static_cast<off_t>(off))
                                 : ::pread(fd_.get(), p, n, static_cast<off_t>(off));
             if (r <= 0) {
-                throw std::runtime_error(std::string("reference ") + (w ? "pwrite" : "pread") + ": " +
-                                         std::strerror(r < 0 ? errno : EIO));
+                throw std::runtime_error(std::string("reference ") + (w ? "pwrite" : "pread") +
+                                         ": " + std::strerror(r < 0 ? errno : EIO));
             }
             p += r;
             n -= static_cast<std::size_t>(r);

@@ -1,5 +1,7 @@
 // Host tests of the dma-buf registration front end. The host kernel has no dmabuf-io series, so it
 // must answer the extended update with EINVAL, and the library must say so in words.
+#include "dmabufio/buffer_table.hpp"
+
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 
@@ -7,7 +9,6 @@
 #include <cstddef>
 #include <string>
 
-#include "dmabufio/buffer_table.hpp"
 #include "dmabufio/error.hpp"
 #include "dmabufio/uapi.hpp"
 

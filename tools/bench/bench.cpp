@@ -63,19 +63,44 @@ Options parse(int argc, char** argv) {
     int c = 0;
     while ((c = getopt_long(argc, argv, "d:s:c:b:p:F:r:R:w:", longopts, nullptr)) != -1) {
         switch (c) {
-            case 'd': o.depth = std::stoul(optarg); break;
-            case 's': o.submit_batch = std::stoul(optarg); break;
-            case 'c': o.complete_batch = std::stoul(optarg); break;
-            case 'b': o.bs = std::stoul(optarg); break;
-            case 'p': o.polled = std::stoi(optarg) != 0; break;
-            case 'F': o.fixed_files = std::stoi(optarg) != 0; break;
-            case 'r': o.runtime = std::stod(optarg); break;
-            case 'R': o.random = std::stoi(optarg) != 0; break;
-            case 'w': o.write = std::stoi(optarg) != 0; break;
-            case kBuffers: o.buffers = optarg; break;
-            case kJson: o.json = true; break;
-            case kSpan: o.span = std::stoull(optarg); break;
-            default: usage("unknown option");
+            case 'd':
+                o.depth = std::stoul(optarg);
+                break;
+            case 's':
+                o.submit_batch = std::stoul(optarg);
+                break;
+            case 'c':
+                o.complete_batch = std::stoul(optarg);
+                break;
+            case 'b':
+                o.bs = std::stoul(optarg);
+                break;
+            case 'p':
+                o.polled = std::stoi(optarg) != 0;
+                break;
+            case 'F':
+                o.fixed_files = std::stoi(optarg) != 0;
+                break;
+            case 'r':
+                o.runtime = std::stod(optarg);
+                break;
+            case 'R':
+                o.random = std::stoi(optarg) != 0;
+                break;
+            case 'w':
+                o.write = std::stoi(optarg) != 0;
+                break;
+            case kBuffers:
+                o.buffers = optarg;
+                break;
+            case kJson:
+                o.json = true;
+                break;
+            case kSpan:
+                o.span = std::stoull(optarg);
+                break;
+            default:
+                usage("unknown option");
         }
     }
     if (optind + 1 != argc) {
@@ -105,7 +130,9 @@ double percentile(std::vector<std::uint32_t>& v, double p) {
 double cpu_seconds() {
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
-    auto tv = [](timeval t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
+    auto tv = [](timeval t) {
+        return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
+    };
     return tv(ru.ru_utime) + tv(ru.ru_stime);
 }
 
@@ -125,7 +152,8 @@ int run(const Options& o) {
         fd = 0;
     }
     const std::size_t bytes = static_cast<std::size_t>(o.depth) * o.bs;
-    void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
     if (mem == MAP_FAILED) {
         dmabufio::throw_error(errno, "allocate I/O buffers");
     }
@@ -151,7 +179,8 @@ int run(const Options& o) {
             o.write ? io_uring_prep_write_fixed(sqe, fd, buf, o.bs, off, 0)
                     : io_uring_prep_read_fixed(sqe, fd, buf, o.bs, off, 0);
         } else {
-            o.write ? io_uring_prep_write(sqe, fd, buf, o.bs, off) : io_uring_prep_read(sqe, fd, buf, o.bs, off);
+            o.write ? io_uring_prep_write(sqe, fd, buf, o.bs, off)
+                    : io_uring_prep_read(sqe, fd, buf, o.bs, off);
         }
         if (o.fixed_files) {
             sqe->flags |= IOSQE_FIXED_FILE;
@@ -220,10 +249,11 @@ int run(const Options& o) {
             o.buffers.c_str(), o.random ? "rand" : "", o.write ? "write" : "read", o.bs, o.depth,
             static_cast<unsigned long long>(done), secs, iops, mbps, p50, p99, p999, cpu_us);
     } else {
-        std::printf("%s %s%s bs=%u qd=%u: IOPS=%.0f BW=%.1fMB/s lat p50=%.1fus p99=%.1fus "
-                    "p99.9=%.1fus cpu/io=%.2fus (%llu I/Os in %.2fs)\n",
-                    o.buffers.c_str(), o.random ? "rand" : "seq", o.write ? "write" : "read", o.bs,
-                    o.depth, iops, mbps, p50, p99, p999, cpu_us, static_cast<unsigned long long>(done), secs);
+        std::printf(
+            "%s %s%s bs=%u qd=%u: IOPS=%.0f BW=%.1fMB/s lat p50=%.1fus p99=%.1fus "
+            "p99.9=%.1fus cpu/io=%.2fus (%llu I/Os in %.2fs)\n",
+            o.buffers.c_str(), o.random ? "rand" : "seq", o.write ? "write" : "read", o.bs, o.depth,
+            iops, mbps, p50, p99, p999, cpu_us, static_cast<unsigned long long>(done), secs);
     }
     return 0;
 }

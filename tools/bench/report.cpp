@@ -53,7 +53,8 @@ int main(int argc, char** argv) {
         double iops = 0;
         while (in >> k.mode >> k.buffers >> k.rw >> k.bs >> k.qd >> iops) {
             runs[k].push_back(iops);
-            if (std::find(workloads.begin(), workloads.end(), std::pair{k.rw, k.bs}) == workloads.end()) {
+            if (std::find(workloads.begin(), workloads.end(), std::pair{k.rw, k.bs}) ==
+                workloads.end()) {
                 workloads.emplace_back(k.rw, k.bs);
             }
         }
@@ -80,7 +81,8 @@ int main(int argc, char** argv) {
     }
     json << "\n]}\n";
 
-    auto lookup = [&](const std::string& mode, const std::string& b, const std::string& rw, unsigned bs) {
+    auto lookup = [&](const std::string& mode, const std::string& b, const std::string& rw,
+                      unsigned bs) {
         for (const auto& [k, m] : med) {
             if (k.mode == mode && k.buffers == b && k.rw == rw && k.bs == bs) {
                 return m;
@@ -129,7 +131,8 @@ int main(int argc, char** argv) {
     std::ofstream gp(dir + "/iops.gp");
     gp << "set terminal pngcairo size 1000,600 noenhanced\nset output '" << dir << "/iops.png'\n"
        << "set title 'dmabuf-io: median IOPS by buffer kind and IOMMU mode (" << kernel << ")'\n"
-       << "set style data histograms\nset style histogram clustered gap 1\nset style fill solid 0.8\n"
+       << "set style data histograms\nset style histogram clustered gap 1\nset style fill solid "
+          "0.8\n"
        << "set xtics rotate by -30\nset ylabel 'IOPS'\nset key top left\nset grid ytics\n"
        << "plot";
     for (std::size_t i = 0; i < modes.size(); i++) {

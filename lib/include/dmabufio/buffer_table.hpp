@@ -25,7 +25,7 @@ enum class SlotKind { kEmpty, kUser, kDmaBuf, kUserMapping };
 const char* to_string(SlotKind k);
 
 class BufferTable {
-public:
+  public:
     // Registers an empty (sparse) table of `slots` slots on ring. Throws Error.
     BufferTable(Ring& ring, unsigned slots);
     BufferTable(const BufferTable&) = delete;
@@ -39,9 +39,10 @@ public:
 
     void register_user(unsigned slot, void* addr, std::size_t len);
     // Registers the whole dma-buf against target_fd (an O_DIRECT NVMe block device). If the kernel
-    // lacks dma-buf slots and allow_mmap_fallback is set, registers the dma-buf's CPU mapping as user
-    // memory instead. Returns the kind used; never falls back silently. Throws Error.
-    SlotKind register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd, bool allow_mmap_fallback = false);
+    // lacks dma-buf slots and allow_mmap_fallback is set, registers the dma-buf's CPU mapping as
+    // user memory instead. Returns the kind used; never falls back silently. Throws Error.
+    SlotKind register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd,
+                             bool allow_mmap_fallback = false);
     void clear(unsigned slot);
 
     [[nodiscard]] SlotKind kind(unsigned slot) const { return slots_.at(slot).kind; }
@@ -56,9 +57,9 @@ public:
     // Queues one without submitting (asynchronous form); user_data is the caller's. Returns the
     // SQE so the caller can add flags (IOSQE_FIXED_FILE: then fd is a fixed-file index).
     io_uring_sqe* prep(bool write, int fd, unsigned slot, std::uint64_t offset, unsigned len,
-              std::uint64_t dev_offset, std::uint64_t user_data);
+                       std::uint64_t dev_offset, std::uint64_t user_data);
 
-private:
+  private:
     struct Slot {
         SlotKind kind = SlotKind::kEmpty;
         std::uint64_t base = 0;

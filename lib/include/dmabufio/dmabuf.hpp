@@ -20,12 +20,13 @@ Exporter parse_exporter(const std::string& name);
 const char* to_string(Exporter e);
 
 class DmaBuf {
-public:
+  public:
     // Allocates size bytes (a multiple of the page size) from exporter. Throws Error with advice
     // (e.g. the udmabuf size limit, a missing heap).
     static DmaBuf allocate(Exporter exporter, std::size_t size);
     // Takes ownership of an existing dma-buf fd of the given size.
-    DmaBuf(Fd fd, std::size_t size, Exporter exporter) : fd_(std::move(fd)), size_(size), exporter_(exporter) {}
+    DmaBuf(Fd fd, std::size_t size, Exporter exporter)
+        : fd_(std::move(fd)), size_(size), exporter_(exporter) {}
 
     DmaBuf(const DmaBuf&) = delete;
     DmaBuf& operator=(const DmaBuf&) = delete;
@@ -47,7 +48,7 @@ public:
     // Closes the fd (and unmaps); a registration made from it stays valid in the kernel.
     void close();
 
-private:
+  private:
     Fd fd_;
     std::size_t size_ = 0;
     Exporter exporter_ = Exporter::kUdmabuf;

@@ -8,9 +8,10 @@
 namespace dmabufio {
 
 class Error : public std::system_error {
-public:
+  public:
     // err is a positive errno value; what says what failed and, where we know it, what to do.
-    Error(int err, const std::string& what) : std::system_error(err, std::system_category(), what) {}
+    Error(int err, const std::string& what)
+        : std::system_error(err, std::system_category(), what) {}
     [[nodiscard]] int err() const noexcept { return code().value(); }
 };
 

@@ -9,7 +9,7 @@
 namespace dmabufio {
 
 class BlockFile {
-public:
+  public:
     // Opens path read-write with O_DIRECT and reads its geometry. Throws Error.
     explicit BlockFile(std::string path);
 
@@ -19,7 +19,7 @@ public:
     // The smallest unit of direct I/O: offsets and lengths must be multiples of it.
     [[nodiscard]] std::uint32_t logical_block_size() const noexcept { return lbs_; }
 
-private:
+  private:
     std::string path_;
     Fd fd_;
     std::uint64_t size_ = 0;

@@ -10,7 +10,7 @@
 namespace dmabufio {
 
 class Ring {
-public:
+  public:
     // entries: submission queue depth; flags: IORING_SETUP_*. Throws Error.
     explicit Ring(unsigned entries, unsigned flags = 0);
     Ring(const Ring&) = delete;
@@ -37,7 +37,7 @@ public:
     // Submits what is queued and waits for one completion; returns its (user_data, res).
     std::pair<std::uint64_t, int> submit_and_wait_one();
 
-private:
+  private:
     io_uring ring_{};
 };
 
