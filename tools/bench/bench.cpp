@@ -6,7 +6,8 @@
 //     -p 0|1        polled I/O (IOPOLL) (0)     -F 0|1     fixed files (1)
 //     -r SECONDS    runtime (5)                 -R 0|1     random offsets (1)
 //     -w 0|1        write instead of read (0)   --span BYTES  region of the device used (all)
-//     --buffers plain|fixed|dmabuf (fixed)      --json      one JSON object on stdout
+//     --buffers plain|fixed|dmabuf (fixed)      --dmabuf udmabuf|heap|test (udmabuf)
+//     --json        one JSON object on stdout
 //
 // Prints IOPS, bandwidth, latency percentiles (submission to completion) and CPU time per I/O.
 #include <getopt.h>
@@ -20,10 +21,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "dmabufio/buffer_table.hpp"
+#include "dmabufio/dmabuf.hpp"
 #include "dmabufio/error.hpp"
 #include "dmabufio/file.hpp"
 #include "dmabufio/ring.hpp"
@@ -44,6 +48,7 @@ struct Options {
     bool write = false;
     std::uint64_t span = 0;
     std::string buffers = "fixed";
+    dmabufio::Exporter exporter = dmabufio::Exporter::kUdmabuf;
     bool json = false;
     std::string device;
 };
@@ -55,8 +60,9 @@ struct Options {
 
 Options parse(int argc, char** argv) {
     Options o;
-    enum { kBuffers = 1000, kJson, kSpan };
+    enum { kBuffers = 1000, kJson, kSpan, kDmaBuf };
     const option longopts[] = {{"buffers", required_argument, nullptr, kBuffers},
+                               {"dmabuf", required_argument, nullptr, kDmaBuf},
                                {"json", no_argument, nullptr, kJson},
                                {"span", required_argument, nullptr, kSpan},
                                {nullptr, 0, nullptr, 0}};
@@ -107,8 +113,8 @@ Options parse(int argc, char** argv) {
         usage("exactly one DEVICE is needed");
     }
     o.device = argv[optind];
-    if (o.buffers != "plain" && o.buffers != "fixed") {
-        usage("--buffers takes plain or fixed (dmabuf needs a kernel with the dma-buf series)");
+    if (o.buffers != "plain" && o.buffers != "fixed" && o.buffers != "dmabuf") {
+        usage("--buffers takes plain, fixed or dmabuf");
     }
     if (o.depth == 0 || o.bs == 0 || o.bs % 512 != 0) {
         usage("depth must be > 0 and the block size a multiple of 512");
@@ -160,9 +166,20 @@ int run(const Options& o) {
     auto* base = static_cast<std::uint8_t*>(mem);
     std::memset(base, 0x5a, bytes);
     const bool fixed = o.buffers == "fixed";
+    const bool dmabuf = o.buffers == "dmabuf";
+    std::optional<dmabufio::BufferTable> table;
+    std::optional<dmabufio::DmaBuf> dbuf;
     if (fixed) {
         iovec iov{mem, bytes};
         ring.register_buffers({&iov, 1});
+    } else if (dmabuf) {
+        const std::size_t page = 4096;
+        dbuf.emplace(dmabufio::DmaBuf::allocate(o.exporter, (bytes + page - 1) / page * page));
+        table.emplace(ring, 1);
+        // Registered against the device's own file (not the fixed-file index).
+        if (table->register_dmabuf(0, *dbuf, dev.fd()) != dmabufio::SlotKind::kDmaBuf) {
+            dmabufio::throw_error(EOPNOTSUPP, "register the dma-buf");
+        }
     }
 
     std::mt19937_64 gen(42);
@@ -175,7 +192,12 @@ int run(const Options& o) {
         io_uring_sqe* sqe = ring.sqe();
         void* buf = base + static_cast<std::size_t>(slot) * o.bs;
         const std::uint64_t off = next_offset();
-        if (fixed) {
+        if (dmabuf) {
+            // A dma-buf slot's address is the byte offset into the dma-buf.
+            // NOLINTNEXTLINE(performance-no-int-to-ptr)
+            buf = reinterpret_cast<void*>(static_cast<std::uintptr_t>(slot) * o.bs);
+        }
+        if (fixed || dmabuf) {
             o.write ? io_uring_prep_write_fixed(sqe, fd, buf, o.bs, off, 0)
                     : io_uring_prep_read_fixed(sqe, fd, buf, o.bs, off, 0);
         } else {
