@@ -8,9 +8,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <string>
 
 #include "dmabufio/buffer_table.hpp"
 #include "dmabufio/dmabuf.hpp"
@@ -94,10 +96,10 @@ TEST_F(Errors, BadFdsAreEbadf) {
 }
 
 TEST_F(Errors, TargetsThatCannotTakeTokensAreEopnotsupp) {
-    char path[] = "/tmp/dmabufio-target-XXXXXX";
-    Fd regular(::mkstemp(path));
+    std::string path = "/tmp/dmabufio-target-XXXXXX";
+    Fd regular(::mkstemp(path.data()));
     ASSERT_TRUE(regular.valid());
-    ::unlink(path);
+    ::unlink(path.c_str());
     EXPECT_EQ(table.update(0, dmabuf_desc(buf.fd(), regular.get())), -EOPNOTSUPP) << "regular file";
     Fd buffered(::open(guest::kDevice, O_RDWR | O_CLOEXEC));
     ASSERT_TRUE(buffered.valid());
@@ -116,8 +118,8 @@ TEST_F(Errors, IoWithAnotherFileIsEbadf) {
 
 TEST_F(Errors, OtherOpcodesOnADmaBufSlotAreEopnotsupp) {
     ASSERT_EQ(table.update(0, dmabuf_desc(buf.fd(), dev.fd())), 1);
-    int sv[2];
-    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    std::array<int, 2> sv{};
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv.data()), 0);
     Fd a(sv[0]);
     Fd b(sv[1]);
     io_uring_sqe* sqe = ring.sqe();
@@ -168,7 +170,7 @@ class Lifetime : public testing::Test {
     // Queues kDepth 64 KiB reads into the slot and submits them.
     static void queue_reads(Ring& ring, BufferTable& table, int fd, unsigned slot) {
         for (unsigned i = 0; i < kDepth; i++) {
-            table.prep(false, fd, slot, i * 64 * kKiB, 64 * kKiB, i * 64 * kKiB, i);
+            table.prep(false, fd, slot, 64 * kKiB * i, 64 * kKiB, 64 * kKiB * i, i);
         }
         ASSERT_EQ(io_uring_submit(ring.get()), static_cast<int>(kDepth));
     }
@@ -186,8 +188,8 @@ TEST_F(Lifetime, UnregisterReplaceAndCloseWithIoInFlight) {
     BlockFile dev(guest::kDevice);
     Ring ring(64);
     auto table = std::make_unique<BufferTable>(ring, 2);
-    DmaBuf first = DmaBuf::allocate(Exporter::kUdmabuf, kDepth * 64 * kKiB);
-    DmaBuf second = DmaBuf::allocate(Exporter::kHeap, kDepth * 64 * kKiB);
+    DmaBuf first = DmaBuf::allocate(Exporter::kUdmabuf, 64 * kKiB * kDepth);
+    DmaBuf second = DmaBuf::allocate(Exporter::kHeap, 64 * kKiB * kDepth);
 
     table->register_dmabuf(0, first, dev.fd());
     queue_reads(ring, *table, dev.fd(), 0);
@@ -209,7 +211,7 @@ TEST_F(Lifetime, CloseTheTargetFileWithIoInFlight) {
     auto dev = std::make_unique<BlockFile>(guest::kDevice);
     Ring ring(64);
     BufferTable table(ring, 1);
-    DmaBuf buf = DmaBuf::allocate(Exporter::kUdmabuf, kDepth * 64 * kKiB);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kUdmabuf, 64 * kKiB * kDepth);
     table.register_dmabuf(0, buf, dev->fd());
     const int fd = dev->fd();
     queue_reads(ring, table, fd, 0);
@@ -225,10 +227,10 @@ TEST_F(Lifetime, ProcessExitAndRingCloseWithIoInFlight) {
             BlockFile dev(guest::kDevice);
             auto ring = std::make_unique<Ring>(64);
             auto table = std::make_unique<BufferTable>(*ring, 1);
-            DmaBuf buf = DmaBuf::allocate(Exporter::kHeap, kDepth * 64 * kKiB);
+            DmaBuf buf = DmaBuf::allocate(Exporter::kHeap, 64 * kKiB * kDepth);
             table->register_dmabuf(0, buf, dev.fd());
             for (unsigned i = 0; i < kDepth; i++) {
-                table->prep(i % 2 == 0, dev.fd(), 0, i * 64 * kKiB, 64 * kKiB, (64 + i) * 64 * kKiB,
+                table->prep(i % 2 == 0, dev.fd(), 0, 64 * kKiB * i, 64 * kKiB, 64 * kKiB * (64 + i),
                             i);
             }
             io_uring_submit(ring->get());

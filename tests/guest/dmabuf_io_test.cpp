@@ -144,7 +144,7 @@ TEST(DmaBufIoDepth, RandomReadsAtQueueDepths1To128) {
     ref.write(pattern.data(), kRegion, 256 * kMiB);
     Ring ring(128);
     BufferTable table(ring, 1);
-    DmaBuf buf = DmaBuf::allocate(Exporter::kUdmabuf, 128 * 64 * kKiB);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kUdmabuf, 64 * kKiB * 128);
     ASSERT_EQ(table.register_dmabuf(0, buf, dev.fd()), SlotKind::kDmaBuf);
     auto view = buf.map();
     std::mt19937_64 gen(7);
@@ -155,7 +155,7 @@ TEST(DmaBufIoDepth, RandomReadsAtQueueDepths1To128) {
                 const std::size_t len = (1 + gen() % 16) * 4 * kKiB;
                 const std::size_t off = (gen() % ((kRegion - len) / 512)) * 512;
                 ios.emplace_back(off, len);
-                table.prep(false, dev.fd(), 0, i * 64 * kKiB, static_cast<unsigned>(len),
+                table.prep(false, dev.fd(), 0, 64 * kKiB * i, static_cast<unsigned>(len),
                            256 * kMiB + off, i);
             }
             for (unsigned i = 0; i < qd; i++) {
@@ -165,7 +165,7 @@ TEST(DmaBufIoDepth, RandomReadsAtQueueDepths1To128) {
             }
             buf.begin_cpu_access(false);
             for (unsigned i = 0; i < qd; i++) {
-                ASSERT_EQ(std::memcmp(view.data() + i * 64 * kKiB, pattern.data() + ios[i].first,
+                ASSERT_EQ(std::memcmp(view.data() + 64 * kKiB * i, pattern.data() + ios[i].first,
                                       ios[i].second),
                           0)
                     << "qd " << qd << " I/O " << i;

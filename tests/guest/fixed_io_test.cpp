@@ -14,7 +14,7 @@
 namespace {
 
 constexpr const char* kDevice = "/dev/nvme0n1";
-constexpr std::size_t kMiB = 1024 * 1024;
+constexpr std::size_t kMiB = std::size_t{1024} * 1024;
 
 struct Mapping {
     explicit Mapping(std::size_t n)
@@ -58,7 +58,8 @@ TEST(FixedIo, WriteThenReadBackAtManyOffsetsAndSizes) {
 
     const std::vector<std::size_t> sizes{4096, 8192, 12288, 65536, 131072, 258048, 524288, kMiB};
     // Device offsets: start, unaligned to the I/O size, and near the end of the namespace.
-    const std::vector<std::uint64_t> offsets{0, 4096, 61440, 1000 * 4096, dev.size() - 2 * kMiB};
+    const std::vector<std::uint64_t> offsets{0, 4096, 61440, std::uint64_t{1000} * 4096,
+                                             dev.size() - 2 * kMiB};
     // Offsets within the registered buffer, so the data does not always start on the first page.
     const std::vector<std::size_t> buf_offsets{0, 4096, 12288};
     std::uint64_t seed = 1;

@@ -38,21 +38,21 @@ TEST(BlockFile, MissingDeviceSaysWhatToDo) {
 
 TEST(Ring, FixedIoOnARegularFileRoundTrips) {
     // Host-side sanity of the ring helpers on a tmpfs/disk file (buffered, not O_DIRECT).
-    char path[] = "/tmp/dmabufio-ring-XXXXXX";
-    const int fd = ::mkstemp(path);
+    std::string path = "/tmp/dmabufio-ring-XXXXXX";
+    const int fd = ::mkstemp(path.data());
     ASSERT_GE(fd, 0);
-    ::unlink(path);
+    ::unlink(path.c_str());
     dmabufio::Ring ring(4);
-    alignas(4096) static char out[8192];
-    alignas(4096) static char in[8192];
-    for (std::size_t i = 0; i < sizeof out; i++) {
+    std::vector<char> out(8192);
+    std::vector<char> in(8192);
+    for (std::size_t i = 0; i < out.size(); i++) {
         out[i] = static_cast<char>(i * 7);
     }
-    std::vector<iovec> iov{{out, sizeof out}, {in, sizeof in}};
+    std::vector<iovec> iov{{out.data(), out.size()}, {in.data(), in.size()}};
     ring.register_buffers(iov);
-    EXPECT_EQ(ring.write_fixed(fd, out, sizeof out, 4096, 0), static_cast<int>(sizeof out));
-    EXPECT_EQ(ring.read_fixed(fd, in, sizeof in, 4096, 1), static_cast<int>(sizeof in));
-    EXPECT_EQ(std::memcmp(out, in, sizeof in), 0);
+    EXPECT_EQ(ring.write_fixed(fd, out.data(), 8192, 4096, 0), 8192);
+    EXPECT_EQ(ring.read_fixed(fd, in.data(), 8192, 4096, 1), 8192);
+    EXPECT_EQ(out, in);
     ::close(fd);
 }
 

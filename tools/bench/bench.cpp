@@ -15,6 +15,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -61,13 +62,13 @@ struct Options {
 Options parse(int argc, char** argv) {
     Options o;
     enum { kBuffers = 1000, kJson, kSpan, kDmaBuf };
-    const option longopts[] = {{"buffers", required_argument, nullptr, kBuffers},
-                               {"dmabuf", required_argument, nullptr, kDmaBuf},
-                               {"json", no_argument, nullptr, kJson},
-                               {"span", required_argument, nullptr, kSpan},
-                               {nullptr, 0, nullptr, 0}};
+    const std::array<option, 5> longopts{{{"buffers", required_argument, nullptr, kBuffers},
+                                          {"dmabuf", required_argument, nullptr, kDmaBuf},
+                                          {"json", no_argument, nullptr, kJson},
+                                          {"span", required_argument, nullptr, kSpan},
+                                          {nullptr, 0, nullptr, 0}}};
     int c = 0;
-    while ((c = getopt_long(argc, argv, "d:s:c:b:p:F:r:R:w:", longopts, nullptr)) != -1) {
+    while ((c = getopt_long(argc, argv, "d:s:c:b:p:F:r:R:w:", longopts.data(), nullptr)) != -1) {
         switch (c) {
             case 'd':
                 o.depth = std::stoul(optarg);

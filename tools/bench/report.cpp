@@ -17,7 +17,7 @@ namespace {
 struct Key {
     std::string mode, buffers, rw;
     unsigned bs = 0, qd = 0;
-    auto operator<=>(const Key&) const = default;
+    auto operator<=>(const Key&) const = default;  // NOLINT(modernize-use-nullptr): clang-tidy 14
 };
 
 double median(std::vector<double> v) {
@@ -43,7 +43,9 @@ int main(int argc, char** argv) {
     std::map<Key, std::vector<double>> runs;
     std::vector<std::pair<std::string, unsigned>> workloads;
     for (const auto& mode : modes) {
-        std::ifstream in(dir + "/raw-" + mode + ".txt");
+        std::string path = dir;
+        path += "/raw-" + mode + ".txt";
+        std::ifstream in(path);
         if (!in) {
             std::cerr << "dmabufio-bench-report: no results for " << mode << " in " << dir
                       << " (did the guest run fail?)\n";

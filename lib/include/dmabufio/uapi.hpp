@@ -23,7 +23,7 @@ struct io_uring_regbuf_desc {
     __u64 uaddr;
     __s32 dmabuf_fd;
     __s32 target_fd;
-    __u64 __resv[6]; /* must be 0 */
+    __u64 __resv[6]; /* must be 0 */  // NOLINT: the kernel uapi spelling and layout
 };
 #endif
 
