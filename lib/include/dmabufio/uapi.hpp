@@ -40,5 +40,9 @@ struct dmabuf_test_move {
 #define DMABUF_TEST_IOCTL_CREATE _IOWR('D', 0x70, struct dmabuf_test_create)
 #define DMABUF_TEST_IOCTL_MOVE _IOW('D', 0x71, struct dmabuf_test_move)
 #endif
+#ifndef DMABUF_TEST_MOVE_NO_RESERVE
+// MOVE without reserving the importers' fence slots: their move_notify must reserve (allocate).
+#define DMABUF_TEST_MOVE_NO_RESERVE (1U << 0)
+#endif
 
 static_assert(sizeof(io_uring_regbuf_desc) == 80, "io_uring_regbuf_desc is 80 bytes in the uapi");
