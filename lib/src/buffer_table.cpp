@@ -110,15 +110,42 @@ SlotKind BufferTable::register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd,
         return SlotKind::kDmaBuf;
     }
     if (ret == -EINVAL && allow_mmap_fallback && !probe().dmabuf_slots) {
-        auto view = buf.map();
-        register_user(slot, view.data(), view.size());
-        slots_.at(slot).kind = SlotKind::kUserMapping;
-        return SlotKind::kUserMapping;
+        return register_dmabuf_mapping(slot, buf);
+    }
+    std::string advice = advice_for(-ret);
+    if (ret == -EINVAL && !probe().dmabuf_slots) {
+        advice = allow_mmap_fallback
+                     ? "this kernel lacks dma-buf registration, and the fallback failed"
+                     : "this kernel lacks dma-buf registration (IORING_RSRC_UPDATE_EXTENDED); "
+                       "opt in to the mmap fallback to register the dma-buf's CPU mapping as "
+                       "ordinary user memory";
     }
     throw_error(ret,
                 "register a " + std::string(to_string(buf.exporter())) + " dma-buf in slot " +
                     std::to_string(slot),
-                advice_for(-ret));
+                advice);
+}
+
+SlotKind BufferTable::register_dmabuf_mapping(unsigned slot, DmaBuf& buf) {
+    auto view = buf.map();
+    iovec iov{view.data(), view.size()};
+    const int ret = io_uring_register_buffers_update_tag(ring_.get(), slot, &iov, nullptr, 1);
+    if (ret < 0) {
+        std::string advice;
+        if (ret == -EFAULT || ret == -EOPNOTSUPP) {
+            advice = "the " + std::string(to_string(buf.exporter())) +
+                     " exporter's CPU mapping cannot be pinned as user memory (a PFN mapping "
+                     "without struct pages, as udmabuf and the system heap make); the mmap "
+                     "fallback needs an exporter whose mapping has pinnable pages";
+        } else if (ret == -ENOMEM) {
+            advice = "raise RLIMIT_MEMLOCK (ulimit -l)";
+        }
+        throw_error(ret, "register a dma-buf's CPU mapping in slot " + std::to_string(slot),
+                    advice);
+    }
+    slots_.at(slot) = {SlotKind::kUser, reinterpret_cast<std::uintptr_t>(view.data())};
+    slots_.at(slot).kind = SlotKind::kUserMapping;
+    return SlotKind::kUserMapping;
 }
 
 void BufferTable::clear(unsigned slot) {
@@ -151,6 +178,26 @@ io_uring_sqe* BufferTable::prep(bool write, int fd, unsigned slot, std::uint64_t
     }
     sqe->user_data = user_data;
     return sqe;
+}
+
+io_uring_sqe* BufferTable::prep(bool write, FixedFile file, unsigned slot, std::uint64_t offset,
+                                unsigned len, std::uint64_t dev_offset, std::uint64_t user_data) {
+    io_uring_sqe* sqe =
+        prep(write, static_cast<int>(file.index), slot, offset, len, dev_offset, user_data);
+    sqe->flags |= IOSQE_FIXED_FILE;
+    return sqe;
+}
+
+int BufferTable::read(FixedFile file, unsigned slot, std::uint64_t offset, unsigned len,
+                      std::uint64_t dev_offset) {
+    prep(false, file, slot, offset, len, dev_offset, 0);
+    return ring_.submit_and_wait_one().second;
+}
+
+int BufferTable::write(FixedFile file, unsigned slot, std::uint64_t offset, unsigned len,
+                       std::uint64_t dev_offset) {
+    prep(true, file, slot, offset, len, dev_offset, 0);
+    return ring_.submit_and_wait_one().second;
 }
 
 int BufferTable::read(int fd, unsigned slot, std::uint64_t offset, unsigned len,

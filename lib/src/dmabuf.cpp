@@ -114,6 +114,7 @@ DmaBuf DmaBuf::allocate(Exporter exporter, std::size_t size) {
 
 DmaBuf::DmaBuf(DmaBuf&& other) noexcept
     : fd_(std::move(other.fd_)),
+      test_dev_(std::move(other.test_dev_)),
       size_(other.size_),
       exporter_(other.exporter_),
       map_(std::exchange(other.map_, nullptr)) {}
@@ -122,6 +123,7 @@ DmaBuf& DmaBuf::operator=(DmaBuf&& other) noexcept {
     if (this != &other) {
         close();
         fd_ = std::move(other.fd_);
+        test_dev_ = std::move(other.test_dev_);
         size_ = other.size_;
         exporter_ = other.exporter_;
         map_ = std::exchange(other.map_, nullptr);
@@ -137,6 +139,7 @@ void DmaBuf::close() {
         map_ = nullptr;
     }
     fd_.reset();
+    test_dev_.reset();
 }
 
 std::span<std::uint8_t> DmaBuf::map() {
@@ -168,14 +171,17 @@ void DmaBuf::end_cpu_access(bool write) {
     sync(fd_.get(), DMA_BUF_SYNC_END | (write ? DMA_BUF_SYNC_RW : DMA_BUF_SYNC_READ));
 }
 
-void DmaBuf::move() {
+void DmaBuf::move(unsigned flags) {
     if (exporter_ != Exporter::kTest) {
         throw_error(EOPNOTSUPP, "move a dma-buf", "only the test exporter can MOVE on demand");
     }
-    Fd dev = open_dev("/dev/dmabuf_test", "the kernel needs CONFIG_DMABUF_TEST_EXPORTER");
+    if (!test_dev_.valid()) {
+        test_dev_ = open_dev("/dev/dmabuf_test", "the kernel needs CONFIG_DMABUF_TEST_EXPORTER");
+    }
     dmabuf_test_move mv{};
     mv.fd = fd_.get();
-    if (::ioctl(dev.get(), DMABUF_TEST_IOCTL_MOVE, &mv) != 0) {
+    mv.flags = flags;
+    if (::ioctl(test_dev_.get(), DMABUF_TEST_IOCTL_MOVE, &mv) != 0) {
         throw_error(errno, "DMABUF_TEST_IOCTL_MOVE");
     }
 }

@@ -1,30 +1,48 @@
 // dmabufio-bench: random or sequential direct I/O through io_uring, modelled on fio's t/io_uring.
 //
 //   dmabufio-bench [options] DEVICE
-//     -d DEPTH      queue depth (32)            -s BATCH   submit batch (8)
+//     -d DEPTH      queue depth per thread (32) -s BATCH   submit batch (8)
 //     -c BATCH      complete batch (8)          -b BYTES   block size (4096)
 //     -p 0|1        polled I/O (IOPOLL) (0)     -F 0|1     fixed files (1)
+//     -B 0|1        fixed buffers (= --buffers fixed / plain)
+//     -n THREADS    threads, each with its own ring and buffer registration; results summed (1)
+//     -X 0|1        registered ring fd (io_uring_register_ring_fd) (0)
 //     -r SECONDS    runtime (5)                 -R 0|1     random offsets (1)
 //     -w 0|1        write instead of read (0)   --span BYTES  region of the device used (all)
+//     --sqpoll      a kernel thread submits (IORING_SETUP_SQPOLL)
 //     --buffers plain|fixed|dmabuf (fixed)      --dmabuf udmabuf|heap|test (udmabuf)
+//     --mmap-fallback  on a kernel without dma-buf slots, register the dma-buf's CPU mapping as
+//                      user memory (says so) instead of failing
+//     --move-every MS  (--dmabuf test only) a mover thread MOVEs the dma-buf every MS ms and the
+//                      re-map latency is reported: MOVE ioctl return -> first completion of an
+//                      I/O submitted after that return (median, p99 over all moves)
 //     --json        one JSON object on stdout
+//     --mark FILE   write "start" to FILE when the timed run begins and "stop" when it ends, so
+//                   that a host-side observer (tools/bench/qemu-cpu) can attribute QEMU's CPU time
 //
-// Prints IOPS, bandwidth, latency percentiles (submission to completion) and CPU time per I/O.
+// Prints IOPS, bandwidth, latency percentiles (submission to completion, every I/O), CPU time per
+// I/O of this process (getrusage user+sys) and of the whole system (/proc/stat busy time: also
+// interrupts and kernel threads), and with --move-every the moves and re-map latencies.
 #include <getopt.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <iostream>
+#include <fstream>
+#include <memory>
 #include <optional>
 #include <random>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "dmabufio/buffer_table.hpp"
@@ -32,109 +50,24 @@
 #include "dmabufio/error.hpp"
 #include "dmabufio/file.hpp"
 #include "dmabufio/ring.hpp"
+#include "options.hpp"
 
 namespace {
 
+using dmabufio::bench::Options;
 using Clock = std::chrono::steady_clock;
 
-struct Options {
-    unsigned depth = 32;
-    unsigned submit_batch = 8;
-    unsigned complete_batch = 8;
-    unsigned bs = 4096;
-    bool polled = false;
-    bool fixed_files = true;
-    double runtime = 5;
-    bool random = true;
-    bool write = false;
-    std::uint64_t span = 0;
-    std::string buffers = "fixed";
-    dmabufio::Exporter exporter = dmabufio::Exporter::kUdmabuf;
-    bool json = false;
-    std::string device;
-};
-
-[[noreturn]] void usage(const char* msg) {
-    std::fprintf(stderr, "dmabufio-bench: %s (see the header of tools/bench/bench.cpp)\n", msg);
-    std::exit(2);
-}
-
-Options parse(int argc, char** argv) {
-    Options o;
-    enum { kBuffers = 1000, kJson, kSpan, kDmaBuf };
-    const std::array<option, 5> longopts{{{"buffers", required_argument, nullptr, kBuffers},
-                                          {"dmabuf", required_argument, nullptr, kDmaBuf},
-                                          {"json", no_argument, nullptr, kJson},
-                                          {"span", required_argument, nullptr, kSpan},
-                                          {nullptr, 0, nullptr, 0}}};
-    int c = 0;
-    while ((c = getopt_long(argc, argv, "d:s:c:b:p:F:r:R:w:", longopts.data(), nullptr)) != -1) {
-        switch (c) {
-            case 'd':
-                o.depth = std::stoul(optarg);
-                break;
-            case 's':
-                o.submit_batch = std::stoul(optarg);
-                break;
-            case 'c':
-                o.complete_batch = std::stoul(optarg);
-                break;
-            case 'b':
-                o.bs = std::stoul(optarg);
-                break;
-            case 'p':
-                o.polled = std::stoi(optarg) != 0;
-                break;
-            case 'F':
-                o.fixed_files = std::stoi(optarg) != 0;
-                break;
-            case 'r':
-                o.runtime = std::stod(optarg);
-                break;
-            case 'R':
-                o.random = std::stoi(optarg) != 0;
-                break;
-            case 'w':
-                o.write = std::stoi(optarg) != 0;
-                break;
-            case kBuffers:
-                o.buffers = optarg;
-                break;
-            case kJson:
-                o.json = true;
-                break;
-            case kSpan:
-                o.span = std::stoull(optarg);
-                break;
-            default:
-                usage("unknown option");
-        }
-    }
-    if (optind + 1 != argc) {
-        usage("exactly one DEVICE is needed");
-    }
-    o.device = argv[optind];
-    if (o.buffers != "plain" && o.buffers != "fixed" && o.buffers != "dmabuf") {
-        usage("--buffers takes plain, fixed or dmabuf");
-    }
-    if (o.depth == 0 || o.bs == 0 || o.bs % 512 != 0) {
-        usage("depth must be > 0 and the block size a multiple of 512");
-    }
-    o.submit_batch = std::clamp(o.submit_batch, 1U, o.depth);
-    o.complete_batch = std::clamp(o.complete_batch, 1U, o.depth);
-    return o;
-}
-
-double percentile(std::vector<std::uint32_t>& v, double p) {
+template <typename T>
+double percentile(std::vector<T>& v, double p) {
     if (v.empty()) {
         return 0;
     }
-    auto k = static_cast<std::size_t>(p / 100.0 * static_cast<double>(v.size() - 1));
+    auto k = static_cast<std::size_t>(std::lround(p / 100.0 * static_cast<double>(v.size() - 1)));
     std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
-    return v[k];
+    return static_cast<double>(v[k]);
 }
 
-double cpu_seconds() {
+double process_cpu_seconds() {
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
     auto tv = [](timeval t) {
@@ -143,60 +76,117 @@ double cpu_seconds() {
     return tv(ru.ru_utime) + tv(ru.ru_stime);
 }
 
-int run(const Options& o) {
-    dmabufio::BlockFile dev(o.device);
-    const std::uint64_t span = o.span != 0 ? std::min(o.span, dev.size()) : dev.size();
-    const std::uint64_t blocks = span / o.bs;
-    if (blocks == 0) {
-        usage("the device (or --span) is smaller than one block");
-    }
-    dmabufio::Ring ring(o.depth, o.polled ? IORING_SETUP_IOPOLL : 0);
-    int fd = dev.fd();
-    if (o.fixed_files) {
-        if (int ret = io_uring_register_files(ring.get(), &fd, 1); ret < 0) {
-            dmabufio::throw_error(ret, "register the device as a fixed file");
+// Busy CPU seconds of the whole system (all CPUs): /proc/stat's "cpu" line minus idle and iowait.
+double system_busy_seconds() {
+    std::ifstream in("/proc/stat");
+    std::string line;
+    std::getline(in, line);
+    std::istringstream s(line);
+    std::string cpu;
+    s >> cpu;
+    std::uint64_t total = 0;
+    std::uint64_t idle = 0;
+    std::uint64_t v = 0;
+    for (int i = 0; i < 8 && s >> v; i++) {  // user nice system idle iowait irq softirq steal
+        total += v;
+        if (i == 3 || i == 4) {
+            idle += v;
         }
-        fd = 0;
     }
-    const std::size_t bytes = static_cast<std::size_t>(o.depth) * o.bs;
-    void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (mem == MAP_FAILED) {
-        dmabufio::throw_error(errno, "allocate I/O buffers");
+    return static_cast<double>(total - idle) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+std::int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+        .count();
+}
+
+// Anonymous, populated, page-aligned I/O memory.
+class Memory {
+  public:
+    explicit Memory(std::size_t n) : size_(n) {
+        ptr_ = ::mmap(nullptr, n, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        if (ptr_ == MAP_FAILED) {
+            dmabufio::throw_error(errno, "allocate " + std::to_string(n) + " bytes of I/O buffers");
+        }
+        std::memset(ptr_, 0x5a, n);
     }
-    auto* base = static_cast<std::uint8_t*>(mem);
-    std::memset(base, 0x5a, bytes);
+    Memory(const Memory&) = delete;
+    Memory& operator=(const Memory&) = delete;
+    Memory(Memory&&) = delete;
+    Memory& operator=(Memory&&) = delete;
+    ~Memory() { ::munmap(ptr_, size_); }
+    [[nodiscard]] std::uint8_t* data() const { return static_cast<std::uint8_t*>(ptr_); }
+
+  private:
+    std::size_t size_;
+    void* ptr_ = nullptr;
+};
+
+// What the mover thread publishes: move g (1-based) returned from its ioctl at ret_ns[g]; the
+// first completion of an I/O prepared after that return is first_done_ns[g] (any thread).
+struct MoveLog {
+    explicit MoveLog(std::size_t max) : ret_ns(max), first_done_ns(max) {}
+    std::atomic<std::uint32_t> gen{0};
+    std::vector<std::int64_t> ret_ns;
+    std::vector<std::int64_t> ioctl_ns;
+    std::vector<std::atomic<std::int64_t>> first_done_ns;
+
+    void completed(std::uint32_t g, std::int64_t t) {
+        if (g == 0) {
+            return;
+        }
+        std::int64_t cur = first_done_ns[g].load(std::memory_order_relaxed);
+        while ((cur == 0 || t < cur) &&
+               !first_done_ns[g].compare_exchange_weak(cur, t, std::memory_order_relaxed)) {
+        }
+    }
+};
+
+// One thread's ring, files, buffers and results.
+struct Worker {
+    unsigned id = 0;
+    std::unique_ptr<dmabufio::Ring> ring;
+    std::optional<dmabufio::FixedFiles> files;
+    std::optional<dmabufio::BufferTable> table;
+    std::unique_ptr<Memory> mem;
+    std::uint64_t dma_base = 0;  // this thread's region of the shared dma-buf
+    dmabufio::SlotKind kind = dmabufio::SlotKind::kEmpty;
+    // results
+    std::uint64_t ios = 0;
+    std::vector<std::uint32_t> lat_ns;
+    std::string error;
+};
+
+void run_worker(const Options& o, Worker& w, int dev_fd, std::uint64_t blocks,
+                Clock::time_point deadline, MoveLog* moves, std::atomic<bool>& stop) {
+    dmabufio::Ring& ring = *w.ring;
+    if (o.register_ring) {
+        ring.register_ring_fd();
+    }
+    const int fd = o.fixed_files ? 0 : dev_fd;
     const bool fixed = o.buffers == "fixed";
     const bool dmabuf = o.buffers == "dmabuf";
-    std::optional<dmabufio::BufferTable> table;
-    std::optional<dmabufio::DmaBuf> dbuf;
-    if (fixed) {
-        iovec iov{mem, bytes};
-        ring.register_buffers({&iov, 1});
-    } else if (dmabuf) {
-        const std::size_t page = 4096;
-        dbuf.emplace(dmabufio::DmaBuf::allocate(o.exporter, (bytes + page - 1) / page * page));
-        table.emplace(ring, 1);
-        // Registered against the device's own file (not the fixed-file index).
-        if (table->register_dmabuf(0, *dbuf, dev.fd()) != dmabufio::SlotKind::kDmaBuf) {
-            dmabufio::throw_error(EOPNOTSUPP, "register the dma-buf");
-        }
-    }
-
-    std::mt19937_64 gen(42);
-    std::uint64_t seq = 0;
+    std::mt19937_64 gen(42 + w.id);
+    std::uint64_t seq = blocks / o.threads * w.id;
     auto next_offset = [&] { return (o.random ? gen() % blocks : seq++ % blocks) * o.bs; };
-    std::vector<Clock::time_point> issued(o.depth);
-    std::vector<std::uint32_t> lat_ns;
-    lat_ns.reserve(1 << 20);
+    std::vector<std::int64_t> issued(o.depth);
+    std::vector<std::uint32_t> move_gen(o.depth);
+    w.lat_ns.reserve(1 << 20);
+
     auto prep = [&](unsigned slot) {
         io_uring_sqe* sqe = ring.sqe();
-        void* buf = base + static_cast<std::size_t>(slot) * o.bs;
         const std::uint64_t off = next_offset();
+        void* buf = nullptr;
         if (dmabuf) {
-            // A dma-buf slot's address is the byte offset into the dma-buf.
+            // A dma-buf slot's address is the byte offset into the dma-buf (or, in the fallback,
+            // a user address); the table knows which.
             // NOLINTNEXTLINE(performance-no-int-to-ptr)
-            buf = reinterpret_cast<void*>(static_cast<std::uintptr_t>(slot) * o.bs);
+            buf = reinterpret_cast<void*>(
+                w.table->addr(0, w.dma_base + static_cast<std::uint64_t>(slot) * o.bs));
+        } else {
+            buf = w.mem->data() + static_cast<std::size_t>(slot) * o.bs;
         }
         if (fixed || dmabuf) {
             o.write ? io_uring_prep_write_fixed(sqe, fd, buf, o.bs, off, 0)
@@ -209,13 +199,14 @@ int run(const Options& o) {
             sqe->flags |= IOSQE_FIXED_FILE;
         }
         sqe->user_data = slot;
-        issued[slot] = Clock::now();
+        // The move generation is read before the timestamp and the submission: an I/O tagged
+        // with generation g is submitted after move g's ioctl returned.
+        if (moves != nullptr) {
+            move_gen[slot] = moves->gen.load(std::memory_order_acquire);
+        }
+        issued[slot] = now_ns();
     };
 
-    const double cpu0 = cpu_seconds();
-    const auto t0 = Clock::now();
-    const auto deadline = t0 + std::chrono::duration<double>(o.runtime);
-    std::uint64_t done = 0;
     unsigned inflight = 0;
     std::vector<unsigned> free_slots;
     for (unsigned s = 0; s < o.depth; s++) {
@@ -230,53 +221,257 @@ int run(const Options& o) {
             queued++;
         }
         const unsigned want = std::min(inflight + queued, o.complete_batch);
-        if (int ret = io_uring_submit_and_wait(ring.get(), want); ret < 0 && ret != -EINTR) {
-            dmabufio::throw_error(ret, "io_uring_submit_and_wait");
-        }
+        ring.submit_and_wait(want);
         inflight += queued;
         io_uring_cqe* cqe = nullptr;
         unsigned head = 0;
         unsigned seen = 0;
-        const auto now = Clock::now();
+        const std::int64_t now = now_ns();
         io_uring_for_each_cqe(ring.get(), head, cqe) {
             if (cqe->res != static_cast<int>(o.bs)) {
-                dmabufio::throw_error(cqe->res < 0 ? cqe->res : EIO, "I/O on " + o.device,
-                                      "short or failed I/O: check the device and block size");
+                const int err = cqe->res < 0 ? -cqe->res : EIO;
+                dmabufio::throw_error(err, "I/O on " + o.device,
+                                      cqe->res < 0 ? dmabufio::io_advice(err, o.polled)
+                                                   : "short I/O: check the device and block size");
             }
             const auto slot = static_cast<unsigned>(cqe->user_data);
-            lat_ns.push_back(static_cast<std::uint32_t>(
-                std::chrono::duration_cast<std::chrono::nanoseconds>(now - issued[slot]).count()));
+            w.lat_ns.push_back(static_cast<std::uint32_t>(now - issued[slot]));
+            if (moves != nullptr) {
+                moves->completed(move_gen[slot], now);
+            }
             free_slots.push_back(slot);
             seen++;
         }
         io_uring_cq_advance(ring.get(), seen);
         inflight -= seen;
-        done += seen;
-        stopping = stopping || now >= deadline;
+        w.ios += seen;
+        stopping = stopping || stop.load(std::memory_order_relaxed) || Clock::now() >= deadline;
+    }
+}
+
+struct MoveStats {
+    std::uint64_t moves = 0;
+    std::uint64_t remapped = 0;  // moves with an I/O submitted after them and completed
+    double remap_p50_us = 0, remap_p99_us = 0, remap_max_us = 0, ioctl_p50_us = 0;
+};
+
+int run(const Options& o) {
+    dmabufio::BlockFile dev(o.device);
+    const std::uint64_t span = o.span != 0 ? std::min(o.span, dev.size()) : dev.size();
+    const std::uint64_t blocks = span / o.bs;
+    if (blocks == 0) {
+        std::fprintf(stderr, "dmabufio-bench: the device (or --span) is smaller than one block\n");
+        return 2;
+    }
+    dmabufio::RingOptions ro;
+    ro.depth = o.depth;
+    ro.iopoll = o.polled;
+    ro.sqpoll = o.sqpoll;
+    // The ring fd is registered per thread: each worker registers its own (run_worker).
+
+    const std::size_t per_thread = static_cast<std::size_t>(o.depth) * o.bs;
+    const std::size_t page = 4096;
+    const bool dmabuf = o.buffers == "dmabuf";
+    std::optional<dmabufio::DmaBuf> dbuf;
+    if (dmabuf) {
+        // One dma-buf, each thread registers it once in its own ring and uses its own region.
+        const std::size_t bytes = per_thread * o.threads;
+        dbuf.emplace(dmabufio::DmaBuf::allocate(o.exporter, (bytes + page - 1) / page * page));
+    }
+    std::vector<Worker> workers(o.threads);
+    for (unsigned t = 0; t < o.threads; t++) {
+        Worker& w = workers[t];
+        w.id = t;
+        w.ring = std::make_unique<dmabufio::Ring>(ro);
+        if (o.fixed_files) {
+            const int fd = dev.fd();
+            w.files.emplace(*w.ring, std::span<const int>(&fd, 1));
+        }
+        if (dmabuf) {
+            w.table.emplace(*w.ring, 1);
+            // Registered against the device's own file (the fixed file names the same file).
+            w.kind = w.table->register_dmabuf(0, *dbuf, dev.fd(), o.mmap_fallback);
+            w.dma_base = per_thread * t;
+        } else {
+            w.mem = std::make_unique<Memory>(per_thread);
+            if (o.buffers == "fixed") {
+                iovec iov{w.mem->data(), per_thread};
+                w.ring->register_buffers({&iov, 1});
+            }
+        }
+    }
+    const char* path = "user memory";
+    if (dmabuf) {
+        path = dmabufio::to_string(workers[0].kind);
+        if (workers[0].kind != dmabufio::SlotKind::kDmaBuf) {
+            std::fprintf(stderr,
+                         "dmabufio-bench: %s; the kernel lacks dma-buf slots, so this measures "
+                         "ordinary fixed buffers over the dma-buf's memory\n",
+                         path);
+        }
+    }
+
+    std::atomic<bool> stop{false};
+    std::optional<MoveLog> moves;
+    if (o.move_every_ms != 0) {
+        moves.emplace(static_cast<std::size_t>(o.runtime * 1000 / o.move_every_ms) + 64);
+        moves->ioctl_ns.reserve(moves->ret_ns.size());
+    }
+    std::string mover_error;
+
+    auto mark = [&o](const char* what) {
+        if (!o.mark.empty()) {
+            std::ofstream(o.mark, std::ios::trunc) << what << '\n';
+        }
+    };
+    mark("start");
+    const double cpu0 = process_cpu_seconds();
+    const double sys0 = system_busy_seconds();
+    const auto t0 = Clock::now();
+    const auto deadline =
+        t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.runtime));
+    std::vector<std::thread> threads;
+    threads.reserve(o.threads);
+    for (auto& w : workers) {
+        threads.emplace_back([&, wp = &w] {
+            try {
+                run_worker(o, *wp, dev.fd(), blocks, deadline, moves ? &*moves : nullptr, stop);
+            } catch (const std::exception& e) {
+                wp->error = e.what();
+                stop = true;
+            }
+        });
+    }
+    std::thread mover;
+    if (moves) {
+        mover = std::thread([&] {
+            try {
+                auto next = t0 + std::chrono::milliseconds(o.move_every_ms);
+                while (!stop.load() && next < deadline) {
+                    std::this_thread::sleep_until(next);
+                    // Every MS ms; when a MOVE takes longer than that (a debug kernel), the next
+                    // one still waits MS after it, rather than MOVEs running back to back.
+                    next =
+                        std::max(next, Clock::now()) + std::chrono::milliseconds(o.move_every_ms);
+                    const std::uint32_t g = moves->gen.load(std::memory_order_relaxed) + 1;
+                    if (g >= moves->ret_ns.size()) {
+                        break;
+                    }
+                    const std::int64_t t_call = now_ns();
+                    dbuf->move();
+                    const std::int64_t t_ret = now_ns();
+                    moves->ret_ns[g] = t_ret;
+                    moves->ioctl_ns.push_back(t_ret - t_call);
+                    moves->gen.store(g, std::memory_order_release);
+                }
+            } catch (const std::exception& e) {
+                mover_error = e.what();
+                stop = true;
+            }
+        });
+    }
+    for (auto& th : threads) {
+        th.join();
+    }
+    stop = true;
+    if (mover.joinable()) {
+        mover.join();
     }
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    const double cpu = cpu_seconds() - cpu0;
-    ::munmap(mem, bytes);
+    const double cpu = process_cpu_seconds() - cpu0;
+    const double sys = system_busy_seconds() - sys0;
+    mark("stop");
+    for (const auto& w : workers) {
+        if (!w.error.empty()) {
+            std::fprintf(stderr, "dmabufio-bench: thread %u: %s\n", w.id, w.error.c_str());
+            return 1;
+        }
+    }
+    if (!mover_error.empty()) {
+        std::fprintf(stderr, "dmabufio-bench: mover: %s\n", mover_error.c_str());
+        return 1;
+    }
+
+    std::uint64_t done = 0;
+    std::vector<std::uint32_t> lat_ns;
+    for (auto& w : workers) {
+        done += w.ios;
+        lat_ns.insert(lat_ns.end(), w.lat_ns.begin(), w.lat_ns.end());
+        w.lat_ns = {};
+    }
+    MoveStats ms;
+    if (moves) {
+        ms.moves = moves->gen.load();
+        // An I/O tagged with generation g' >= g was also submitted after move g returned: the
+        // first completion after move g is the minimum over g' >= g (a suffix minimum), which
+        // matters when the next MOVE came before this one's first I/O was even submitted.
+        std::vector<std::int64_t> remap;
+        std::int64_t first = 0;
+        for (std::uint32_t g = ms.moves; g >= 1; g--) {
+            const std::int64_t t = moves->first_done_ns[g].load();
+            if (t != 0 && (first == 0 || t < first)) {
+                first = t;
+            }
+            if (first != 0) {
+                remap.push_back(first - moves->ret_ns[g]);
+            }
+        }
+        ms.remapped = remap.size();
+        ms.remap_p50_us = percentile(remap, 50) / 1e3;
+        ms.remap_p99_us = percentile(remap, 99) / 1e3;
+        ms.remap_max_us = percentile(remap, 100) / 1e3;
+        ms.ioctl_p50_us = percentile(moves->ioctl_ns, 50) / 1e3;
+    }
 
     const double iops = static_cast<double>(done) / secs;
     const double mbps = iops * o.bs / 1e6;
     const double p50 = percentile(lat_ns, 50) / 1e3;
     const double p99 = percentile(lat_ns, 99) / 1e3;
     const double p999 = percentile(lat_ns, 99.9) / 1e3;
-    const double cpu_us = done != 0 ? cpu / static_cast<double>(done) * 1e6 : 0;
+    const double per_io = done != 0 ? 1e6 / static_cast<double>(done) : 0;
+    ro.register_ring_fd = o.register_ring;
+    const std::string ring_desc = dmabufio::describe(ro);
+    const char* exporter = dmabuf ? dmabufio::to_string(o.exporter) : "";
     if (o.json) {
         std::printf(
             "{\"buffers\": \"%s\", \"rw\": \"%s%s\", \"bs\": %u, \"qd\": %u, \"ios\": %llu, "
             "\"seconds\": %.3f, \"iops\": %.0f, \"mb_per_s\": %.1f, \"lat_us\": {\"p50\": %.1f, "
-            "\"p99\": %.1f, \"p99.9\": %.1f}, \"cpu_us_per_io\": %.2f}\n",
+            "\"p99\": %.1f, \"p99.9\": %.1f}, \"cpu_us_per_io\": %.2f, "
+            "\"sys_cpu_us_per_io\": %.2f, \"threads\": %u, \"ring\": \"%s\", "
+            "\"fixed_files\": %s, \"exporter\": \"%s\", \"path\": \"%s\"",
             o.buffers.c_str(), o.random ? "rand" : "", o.write ? "write" : "read", o.bs, o.depth,
-            static_cast<unsigned long long>(done), secs, iops, mbps, p50, p99, p999, cpu_us);
+            static_cast<unsigned long long>(done), secs, iops, mbps, p50, p99, p999, cpu * per_io,
+            sys * per_io, o.threads, ring_desc.c_str(), o.fixed_files ? "true" : "false", exporter,
+            path);
+        if (moves) {
+            std::printf(
+                ", \"move_every_ms\": %u, \"moves\": %llu, \"moves_remapped\": %llu, "
+                "\"remap_us\": {\"p50\": %.1f, \"p99\": %.1f, \"max\": %.1f}, "
+                "\"move_ioctl_us_p50\": %.1f",
+                o.move_every_ms, static_cast<unsigned long long>(ms.moves),
+                static_cast<unsigned long long>(ms.remapped), ms.remap_p50_us, ms.remap_p99_us,
+                ms.remap_max_us, ms.ioctl_p50_us);
+        }
+        std::printf("}\n");
     } else {
         std::printf(
-            "%s %s%s bs=%u qd=%u: IOPS=%.0f BW=%.1fMB/s lat p50=%.1fus p99=%.1fus "
-            "p99.9=%.1fus cpu/io=%.2fus (%llu I/Os in %.2fs)\n",
-            o.buffers.c_str(), o.random ? "rand" : "seq", o.write ? "write" : "read", o.bs, o.depth,
-            iops, mbps, p50, p99, p999, cpu_us, static_cast<unsigned long long>(done), secs);
+            "%s%s%s %s%s bs=%u qd=%u threads=%u ring=%s: IOPS=%.0f BW=%.1fMB/s lat p50=%.1fus "
+            "p99=%.1fus p99.9=%.1fus cpu/io=%.2fus (system %.2fus) (%llu I/Os in %.2fs)\n",
+            o.buffers.c_str(), dmabuf ? "/" : "", exporter, o.random ? "rand" : "seq",
+            o.write ? "write" : "read", o.bs, o.depth, o.threads, ring_desc.c_str(), iops, mbps,
+            p50, p99, p999, cpu * per_io, sys * per_io, static_cast<unsigned long long>(done),
+            secs);
+        if (dmabuf) {
+            std::printf("  buffer path: %s\n", path);
+        }
+        if (moves) {
+            std::printf(
+                "  moves every %ums: %llu (%llu followed by a completion); re-map latency "
+                "p50=%.1fus p99=%.1fus max=%.1fus; MOVE ioctl p50=%.1fus\n",
+                o.move_every_ms, static_cast<unsigned long long>(ms.moves),
+                static_cast<unsigned long long>(ms.remapped), ms.remap_p50_us, ms.remap_p99_us,
+                ms.remap_max_us, ms.ioctl_p50_us);
+        }
     }
     return 0;
 }
@@ -284,8 +479,16 @@ int run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    Options o;
     try {
-        return run(parse(argc, argv));
+        o = dmabufio::bench::parse_options(argc, argv);
+    } catch (const std::invalid_argument& e) {
+        std::fprintf(stderr, "dmabufio-bench: %s (see the header of tools/bench/bench.cpp)\n",
+                     e.what());
+        return 2;
+    }
+    try {
+        return run(o);
     } catch (const dmabufio::Error& e) {
         std::fprintf(stderr, "dmabufio-bench: %s\n", e.what());
         return 1;

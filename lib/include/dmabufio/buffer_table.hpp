@@ -43,6 +43,10 @@ class BufferTable {
     // user memory instead. Returns the kind used; never falls back silently. Throws Error.
     SlotKind register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd,
                              bool allow_mmap_fallback = false);
+    // The fallback itself, explicitly: registers the dma-buf's CPU mapping (mmap) as ordinary user
+    // memory in slot, on any kernel. I/O then maps pages per request like any fixed buffer, and
+    // the exporter cannot move the memory under it. Returns kUserMapping. Throws Error.
+    SlotKind register_dmabuf_mapping(unsigned slot, DmaBuf& buf);
     void clear(unsigned slot);
 
     [[nodiscard]] SlotKind kind(unsigned slot) const { return slots_.at(slot).kind; }
@@ -58,6 +62,14 @@ class BufferTable {
     // SQE so the caller can add flags (IOSQE_FIXED_FILE: then fd is a fixed-file index).
     io_uring_sqe* prep(bool write, int fd, unsigned slot, std::uint64_t offset, unsigned len,
                        std::uint64_t dev_offset, std::uint64_t user_data);
+    // The same on a fixed file (IOSQE_FIXED_FILE set). A dma-buf slot still only works with the
+    // file it was registered against, through whichever fixed index names that file.
+    int read(FixedFile file, unsigned slot, std::uint64_t offset, unsigned len,
+             std::uint64_t dev_offset);
+    int write(FixedFile file, unsigned slot, std::uint64_t offset, unsigned len,
+              std::uint64_t dev_offset);
+    io_uring_sqe* prep(bool write, FixedFile file, unsigned slot, std::uint64_t offset,
+                       unsigned len, std::uint64_t dev_offset, std::uint64_t user_data);
 
   private:
     struct Slot {

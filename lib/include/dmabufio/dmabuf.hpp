@@ -43,13 +43,16 @@ class DmaBuf {
     // CPU access brackets (DMA_BUF_IOCTL_SYNC) around reads/writes of map().
     void begin_cpu_access(bool write);
     void end_cpu_access(bool write);
-    // Test exporter only: migrate to new backing pages (contents kept). Throws Error.
-    void move();
+    // Test exporter only: migrate to new backing pages (contents kept): DMABUF_TEST_IOCTL_MOVE
+    // with flags. The exporter's device stays open after the first call, so that a MOVE costs
+    // one ioctl. Throws Error.
+    void move(unsigned flags = 0);
     // Closes the fd (and unmaps); a registration made from it stays valid in the kernel.
     void close();
 
   private:
     Fd fd_;
+    Fd test_dev_;  // /dev/dmabuf_test, opened by the first move()
     std::size_t size_ = 0;
     Exporter exporter_ = Exporter::kUdmabuf;
     void* map_ = nullptr;

@@ -1,0 +1,269 @@
+// libdmabufio on the series kernel: Ring options (IOPOLL on poll queues, SQPOLL, registered ring
+// fd), fixed files with dma-buf slots, batch submit/reap, the I/O helpers, the explicit mmap
+// fallback on a dma-buf, and MOVE through the library. Data is checked against the ordinary
+// O_DIRECT path (guest::Reference). Device region: [1 GiB, 1 GiB + 16 MiB).
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dmabufio/buffer_table.hpp"
+#include "dmabufio/dmabuf.hpp"
+#include "dmabufio/error.hpp"
+#include "dmabufio/file.hpp"
+#include "dmabufio/ring.hpp"
+#include "guest_util.hpp"
+
+namespace {
+
+using dmabufio::BlockFile;
+using dmabufio::BufferTable;
+using dmabufio::Completion;
+using dmabufio::DmaBuf;
+using dmabufio::Exporter;
+using dmabufio::FixedFile;
+using dmabufio::FixedFiles;
+using dmabufio::Ring;
+using dmabufio::RingOptions;
+using dmabufio::SlotKind;
+using guest::kKiB;
+using guest::kMiB;
+
+constexpr std::uint64_t kDevBase = 1024 * kMiB;
+
+// Does the namespace have poll queues (vm/run --append nvme.poll_queues=1)?
+bool poll_queues() {
+    std::ifstream f("/sys/block/nvme0n1/queue/io_poll");
+    int v = 0;
+    return (f >> v) && v != 0;
+}
+
+// Writes a known pattern to the device region, returns it.
+std::unique_ptr<guest::Memory> seed_device(std::size_t n, std::uint64_t seed) {
+    auto m = std::make_unique<guest::Memory>(n);
+    guest::fill(m->data(), n, seed);
+    guest::Reference().write(m->data(), n, kDevBase);
+    return m;
+}
+
+// Reads n bytes of the device region into the slot at offset 0 in 64 KiB pieces through
+// BufferTable's synchronous helper on a fixed file, then compares the dma-buf's CPU view.
+void read_and_verify(BufferTable& table, FixedFile file, DmaBuf& buf, const guest::Memory& expect,
+                     std::size_t n) {
+    for (std::size_t off = 0; off < n; off += 64 * kKiB) {
+        ASSERT_EQ(table.read(file, 0, off, 64 * kKiB, kDevBase + off), static_cast<int>(64 * kKiB))
+            << "at " << off;
+    }
+    buf.begin_cpu_access(false);
+    EXPECT_EQ(std::memcmp(buf.map().data(), expect.data(), n), 0);
+    buf.end_cpu_access(false);
+}
+
+TEST(Library, ProbeSaysTheSeriesIsThere) {
+    const dmabufio::Probe p = dmabufio::probe();
+    EXPECT_TRUE(p.dmabuf_slots) << p.why;
+}
+
+TEST(Library, FixedFileAndDmaBufSlotRoundTrip) {
+    BlockFile dev(guest::kDevice);
+    Ring ring(16);
+    const std::array<int, 1> fds{dev.fd()};
+    FixedFiles files(ring, fds);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kUdmabuf, kMiB);
+    BufferTable table(ring, 2);
+    ASSERT_EQ(table.register_dmabuf(0, buf, dev.fd()), SlotKind::kDmaBuf);
+    // Write a pattern from the dma-buf through the fixed file, read it back with the reference.
+    guest::Memory pattern(kMiB);
+    guest::fill(pattern.data(), kMiB, 7);
+    buf.begin_cpu_access(true);
+    std::memcpy(buf.map().data(), pattern.data(), kMiB);
+    buf.end_cpu_access(true);
+    ASSERT_EQ(table.write(files[0], 0, 0, kMiB, kDevBase), static_cast<int>(kMiB));
+    guest::Memory back(kMiB);
+    guest::Reference().read(back.data(), kMiB, kDevBase);
+    EXPECT_EQ(std::memcmp(back.data(), pattern.data(), kMiB), 0);
+    // And the other way, into a cleared dma-buf.
+    buf.begin_cpu_access(true);
+    std::memset(buf.map().data(), 0, kMiB);
+    buf.end_cpu_access(true);
+    read_and_verify(table, files[0], buf, pattern, kMiB);
+}
+
+TEST(Library, DmaBufSlotThroughAnotherFileIsEbadfWithAdvice) {
+    BlockFile dev(guest::kDevice);
+    BlockFile other(guest::kDevice);  // the same device, another struct file
+    Ring ring(4);
+    const std::array<int, 2> fds{other.fd(), dev.fd()};
+    FixedFiles files(ring, fds);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kUdmabuf, 64 * kKiB);
+    BufferTable table(ring, 1);
+    ASSERT_EQ(table.register_dmabuf(0, buf, dev.fd()), SlotKind::kDmaBuf);
+    EXPECT_EQ(table.read(files[1], 0, 0, 4096, kDevBase), 4096);
+    const int res = table.read(files[0], 0, 0, 4096, kDevBase);
+    EXPECT_EQ(res, -EBADF);
+    EXPECT_NE(dmabufio::io_advice(-res).find("registered against"), std::string::npos);
+}
+
+TEST(Library, BatchSubmitAndReapOnADmaBufSlot) {
+    constexpr unsigned kIos = 64;
+    constexpr std::size_t kBs = 16 * kKiB;
+    BlockFile dev(guest::kDevice);
+    RingOptions o;
+    o.depth = 32;
+    Ring ring(o);
+    const std::array<int, 1> fds{dev.fd()};
+    FixedFiles files(ring, fds);
+    auto expect = seed_device(kIos * kBs, 11);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kHeap, kIos * kBs);
+    BufferTable table(ring, 1);
+    ASSERT_EQ(table.register_dmabuf(0, buf, dev.fd()), SlotKind::kDmaBuf);
+    // Batches of 16 queued then submitted at once; completions reaped 8 at a time.
+    unsigned queued = 0;
+    unsigned done = 0;
+    std::array<Completion, 8> cqes{};
+    while (done < kIos) {
+        while (queued < kIos && queued - done < 32 && ring.queued() < 16) {
+            table.prep(false, files[0], 0, queued * kBs, kBs, kDevBase + queued * kBs, queued);
+            queued++;
+        }
+        ring.submit();
+        const unsigned n = ring.reap(cqes, 1);
+        for (unsigned i = 0; i < n; i++) {
+            ASSERT_EQ(cqes[i].res, static_cast<int>(kBs)) << "I/O " << cqes[i].user_data;
+        }
+        done += n;
+    }
+    buf.begin_cpu_access(false);
+    EXPECT_EQ(std::memcmp(buf.map().data(), expect->data(), kIos * kBs), 0);
+    buf.end_cpu_access(false);
+}
+
+// SQPOLL and a registered ring fd together, with a dma-buf slot (and a user slot beside it).
+TEST(Library, SqpollAndRegisteredRingFdWithDmaBufAndUserSlots) {
+    BlockFile dev(guest::kDevice);
+    RingOptions o;
+    o.depth = 8;
+    o.sqpoll = true;
+    o.sqpoll_idle_ms = 50;
+    o.register_ring_fd = true;
+    Ring ring(o);
+    EXPECT_TRUE(ring.ring_fd_registered());
+    const std::array<int, 1> fds{dev.fd()};
+    FixedFiles files(ring, fds);
+    auto expect = seed_device(kMiB, 23);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kTest, kMiB);
+    guest::Memory user(kMiB);
+    BufferTable table(ring, 2);
+    ASSERT_EQ(table.register_dmabuf(0, buf, dev.fd()), SlotKind::kDmaBuf);
+    table.register_user(1, user.data(), kMiB);
+    read_and_verify(table, files[0], buf, *expect, kMiB);
+    ASSERT_EQ(table.read(files[0], 1, 0, kMiB, kDevBase), static_cast<int>(kMiB));
+    EXPECT_EQ(std::memcmp(user.data(), expect->data(), kMiB), 0);
+}
+
+// IOPOLL: with poll queues, dma-buf and user slots read correctly by polling; without them the
+// I/O fails with EOPNOTSUPP and the advice names nvme.poll_queues. The CTest entry guest-iopoll
+// boots with --append nvme.poll_queues=1; the ordinary suites see the other branch.
+TEST(Library, IopollOnPollQueuesOrAdviceWithout) {
+    BlockFile dev(guest::kDevice);
+    RingOptions o;
+    o.depth = 16;
+    o.iopoll = true;
+    Ring ring(o);
+    const std::array<int, 1> fds{dev.fd()};
+    FixedFiles files(ring, fds);
+    auto expect = seed_device(kMiB, 31);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kUdmabuf, kMiB);
+    guest::Memory user(kMiB);
+    BufferTable table(ring, 2);
+    ASSERT_EQ(table.register_dmabuf(0, buf, dev.fd()), SlotKind::kDmaBuf);
+    table.register_user(1, user.data(), kMiB);
+    if (!poll_queues()) {
+        const int res = table.read(files[0], 1, 0, 4096, kDevBase);
+        EXPECT_EQ(res, -EOPNOTSUPP);
+        EXPECT_NE(dmabufio::io_advice(-res, true).find("nvme.poll_queues"), std::string::npos);
+        // No NVMe poll queues in this boot: the refusal and its advice are what is tested here;
+        // the guest-iopoll CTest entry boots with nvme.poll_queues=1 and runs the polled path.
+        return;
+    }
+    read_and_verify(table, files[0], buf, *expect, kMiB);
+    ASSERT_EQ(table.read(files[0], 1, 0, kMiB, kDevBase), static_cast<int>(kMiB));
+    EXPECT_EQ(std::memcmp(user.data(), expect->data(), kMiB), 0);
+    // Many in flight at once, polled.
+    std::memset(user.data(), 0, kMiB);
+    for (std::size_t i = 0; i < 16; i++) {
+        table.prep(false, files[0], 1, i * 64 * kKiB, 64 * kKiB, kDevBase + i * 64 * kKiB, i);
+    }
+    std::array<Completion, 16> cqes{};
+    EXPECT_EQ(ring.reap(cqes, 16), 16U);
+    for (const auto& c : cqes) {
+        EXPECT_EQ(c.res, static_cast<int>(64 * kKiB));
+    }
+    EXPECT_EQ(std::memcmp(user.data(), expect->data(), kMiB), 0);
+}
+
+// The explicit fallback on a real dma-buf: its CPU mapping registered as user memory. I/O lands
+// in the dma-buf's memory (seen through map()), and the slot says which path it is. Exporters
+// whose mapping is a PFN mapping (udmabuf, the system heap) cannot be pinned: the error must say
+// so. The test exporter maps real pages (VM_MIXEDMAP) and must work.
+TEST(Library, ExplicitMmapFallbackOnADmaBuf) {
+    for (Exporter e : {Exporter::kUdmabuf, Exporter::kHeap, Exporter::kTest}) {
+        SCOPED_TRACE(dmabufio::to_string(e));
+        BlockFile dev(guest::kDevice);
+        Ring ring(8);
+        const std::array<int, 1> fds{dev.fd()};
+        FixedFiles files(ring, fds);
+        auto expect = seed_device(kMiB, 41);
+        DmaBuf buf = DmaBuf::allocate(e, kMiB);
+        BufferTable table(ring, 2);
+        try {
+            ASSERT_EQ(table.register_dmabuf_mapping(1, buf), SlotKind::kUserMapping);
+        } catch (const dmabufio::Error& err) {
+            EXPECT_NE(e, Exporter::kTest) << err.what();
+            EXPECT_NE(std::string(err.what()).find("cannot be pinned"), std::string::npos)
+                << err.what();
+            std::printf("[          ] %s: %s\n", dmabufio::to_string(e), err.what());
+            continue;
+        }
+        EXPECT_EQ(table.kind(1), SlotKind::kUserMapping);
+        EXPECT_STREQ(dmabufio::to_string(table.kind(1)),
+                     "dma-buf CPU mapping as user memory (fallback)");
+        EXPECT_EQ(table.addr(1, 4096), reinterpret_cast<std::uintptr_t>(buf.map().data()) + 4096);
+        for (std::size_t off = 0; off < kMiB; off += 128 * kKiB) {
+            ASSERT_EQ(table.read(files[0], 1, off, 128 * kKiB, kDevBase + off),
+                      static_cast<int>(128 * kKiB));
+        }
+        buf.begin_cpu_access(false);
+        EXPECT_EQ(std::memcmp(buf.map().data(), expect->data(), kMiB), 0);
+        buf.end_cpu_access(false);
+        // On this kernel, opting in to the fallback does not take it: the slot is pre-mapped.
+        EXPECT_EQ(table.register_dmabuf(0, buf, dev.fd(), true), SlotKind::kDmaBuf);
+        table.clear(1);
+        EXPECT_EQ(table.kind(1), SlotKind::kEmpty);
+    }
+}
+
+// MOVE through the library (the exporter's device kept open): I/O after each MOVE still lands in
+// the dma-buf's (new) memory.
+TEST(Library, IoAfterEachMoveLandsInTheNewPages) {
+    BlockFile dev(guest::kDevice);
+    Ring ring(8);
+    const std::array<int, 1> fds{dev.fd()};
+    FixedFiles files(ring, fds);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kTest, 256 * kKiB);
+    BufferTable table(ring, 1);
+    ASSERT_EQ(table.register_dmabuf(0, buf, dev.fd()), SlotKind::kDmaBuf);
+    for (int i = 0; i < 8; i++) {
+        auto expect = seed_device(256 * kKiB, 100 + i);
+        buf.move();
+        read_and_verify(table, files[0], buf, *expect, 256 * kKiB);
+    }
+}
+
+}  // namespace
