@@ -209,9 +209,10 @@ TEST(Library, IopollOnPollQueuesOrAdviceWithout) {
 }
 
 // The explicit fallback on a real dma-buf: its CPU mapping registered as user memory. I/O lands
-// in the dma-buf's memory (seen through map()), and the slot says which path it is. Exporters
-// whose mapping is a PFN mapping (udmabuf, the system heap) cannot be pinned: the error must say
-// so. The test exporter maps real pages (VM_MIXEDMAP) and must work.
+// in the dma-buf's memory (seen through map()), and the slot says which path it is. None of the
+// lab's exporters allows it: udmabuf and the system heap map PFNs, and the test exporter's
+// mapping is VM_IO because its pages move (a pinned copy would go stale after a MOVE). So here
+// the error and its advice are checked; an exporter with pinnable pages takes the success path.
 TEST(Library, ExplicitMmapFallbackOnADmaBuf) {
     for (Exporter e : {Exporter::kUdmabuf, Exporter::kHeap, Exporter::kTest}) {
         SCOPED_TRACE(dmabufio::to_string(e));
@@ -225,7 +226,6 @@ TEST(Library, ExplicitMmapFallbackOnADmaBuf) {
         try {
             ASSERT_EQ(table.register_dmabuf_mapping(1, buf), SlotKind::kUserMapping);
         } catch (const dmabufio::Error& err) {
-            EXPECT_NE(e, Exporter::kTest) << err.what();
             EXPECT_NE(std::string(err.what()).find("cannot be pinned"), std::string::npos)
                 << err.what();
             std::printf("[          ] %s: %s\n", dmabufio::to_string(e), err.what());

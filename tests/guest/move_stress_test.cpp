@@ -5,15 +5,16 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <liburing.h>
-#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -197,7 +198,8 @@ class VerifiedIo {
                 auto view = view_;
                 for (unsigned i = 0; i < kDepth; i++) {
                     const std::size_t len = (1 + gen() % (kWindow / (4 * kKiB))) * 4 * kKiB;
-                    const std::size_t pos = (gen() % ((kDevWindow - len) / (4 * kKiB) + 1)) * 4 * kKiB;
+                    const std::size_t pos =
+                        (gen() % ((kDevWindow - len) / (4 * kKiB) + 1)) * 4 * kKiB;
                     const bool write = gen() % 2 == 0;
                     const std::size_t area = t * kArea + i * kWindow;
                     if (write) {
@@ -345,8 +347,7 @@ TEST(MoveStress, VerifiedIoWhileMovingInBursts) {
     VerifiedIo io(buf, kThreads, totals);
     const ExporterStats before = ExporterStats::now();
     Mover mover(buf, 0);
-    const auto failures =
-        io.run(deadline, [&] { return want != 0 && mover.moves() >= want; });
+    const auto failures = io.run(deadline, [&] { return want != 0 && mover.moves() >= want; });
     mover.stop();
     EXPECT_EQ(mover.error(), "");
     for (const auto& f : failures) {
@@ -379,7 +380,7 @@ struct RaceFixture {
         guest::Reference().write(pattern.data(), kPattern, kPatternDev);
     }
     // Queues and submits kRaceDepth I/Os; I/O i reads into window i or writes pattern bytes.
-    void submit(Ring& ring, BufferTable& table, unsigned slot, std::mt19937& gen) {
+    void submit(Ring& ring, BufferTable& table, unsigned slot, std::mt19937& gen) const {
         for (unsigned i = 0; i < kRaceDepth; i++) {
             const std::size_t off = (gen() % ((kPattern - kRaceIo) / (4 * kKiB))) * 4 * kKiB;
             const bool write = gen() % 2 == 0;
@@ -389,7 +390,7 @@ struct RaceFixture {
         ASSERT_EQ(io_uring_submit(ring.get()), static_cast<int>(kRaceDepth));
     }
     // Reaps kRaceDepth completions: each must be complete and reads must verify.
-    void reap(Ring& ring, Totals& totals) {
+    static void reap(Ring& ring, Totals& totals) {
         for (unsigned n = 0; n < kRaceDepth; n++) {
             io_uring_cqe* cqe = nullptr;
             ASSERT_EQ(io_uring_wait_cqe(ring.get(), &cqe), 0);
@@ -418,8 +419,8 @@ void race(Race kind, unsigned iterations) {
     std::mt19937 gen(static_cast<unsigned>(kind) + 11);
     for (unsigned it = 0; it < iterations && !::testing::Test::HasFailure(); it++) {
         if (kind == Race::kProcessExit || kind == Race::kProcessKill) {
-            int ready[2];
-            ASSERT_EQ(::pipe2(ready, O_CLOEXEC), 0);
+            std::array<int, 2> ready{};
+            ASSERT_EQ(::pipe2(ready.data(), O_CLOEXEC), 0);
             const pid_t pid = ::fork();
             ASSERT_GE(pid, 0);
             if (pid == 0) {
@@ -460,22 +461,16 @@ void race(Race kind, unsigned iterations) {
         BufferTable table(ring, 2);
         table.register_dmabuf(0, fx.buf, fx.dev.fd());
         fx.submit(ring, table, 0, gen);
-        switch (kind) {
-        case Race::kUnregister:
+        if (kind == Race::kUnregister) {
             table.clear(0);  // I/O in flight keeps its registration until it completes
-            fx.reap(ring, totals);
-            break;
-        case Race::kReplace:
+            RaceFixture::reap(ring, totals);
+        } else if (kind == Race::kReplace) {
             table.register_dmabuf(0, fx.buf, fx.dev.fd());  // replaces slot 0 in place
-            fx.reap(ring, totals);
+            RaceFixture::reap(ring, totals);
             fx.submit(ring, table, 0, gen);  // and the new registration works
-            fx.reap(ring, totals);
-            break;
-        case Race::kRingTeardown:
-            break;  // ring and table go away with the I/O in flight
-        default:
-            break;
+            RaceFixture::reap(ring, totals);
         }
+        // kRingTeardown: ring and table go away here with the I/O in flight
     }
     mover.stop();
     EXPECT_EQ(mover.error(), "");
@@ -516,8 +511,8 @@ TEST(MoveRace, ControllerReset) {
             resets++;
         }
     });
-    const auto failures = io.run(Clock::now() + std::chrono::seconds(120),
-                                 [&] { return resets.load() >= kResets; });
+    const auto failures =
+        io.run(Clock::now() + std::chrono::seconds(120), [&] { return resets.load() >= kResets; });
     resetter.join();
     mover.stop();
     EXPECT_EQ(reset_error, "");
@@ -543,7 +538,9 @@ Symbol kernel_symbol(const std::string& name) {
     std::ifstream in("/proc/kallsyms");
     std::vector<std::uint64_t> addrs;
     std::uint64_t start = 0;
-    std::string addr, type, sym;
+    std::string addr;
+    std::string type;
+    std::string sym;
     while (in >> addr >> type >> sym) {
         std::string rest;
         std::getline(in, rest);  // module name, if any
@@ -615,7 +612,7 @@ class FailAllocationsIn {
     }
 
   private:
-    static constexpr const char* kAttrs[] = {"failslab", "fail_page_alloc"};
+    static constexpr std::array<const char*, 2> kAttrs = {"failslab", "fail_page_alloc"};
 };
 
 struct InjectionRun {
@@ -650,10 +647,11 @@ InjectionRun run_with_failing_allocations(const char* symbol, std::uint32_t move
     }
     io.expect_device_matches();
     out.stats = ExporterStats::now() - before;
-    std::printf("[   counts ] %s, move flags %u: failures injected failslab %llu, "
-                "fail_page_alloc %llu\n",
-                symbol, move_flags, static_cast<unsigned long long>(out.injected.first),
-                static_cast<unsigned long long>(out.injected.second));
+    std::printf(
+        "[   counts ] %s, move flags %u: failures injected failslab %llu, "
+        "fail_page_alloc %llu\n",
+        symbol, move_flags, static_cast<unsigned long long>(out.injected.first),
+        static_cast<unsigned long long>(out.injected.second));
     print_counts(symbol, out.stats, totals);
     EXPECT_GT(out.stats.moves, 10U);
     EXPECT_GT(totals.ios.load(), 100U);

@@ -308,7 +308,8 @@ TEST(Ring, MemlockAdviceWhenUserMemoryCannotBePinned) {
     int status = 0;
     ASSERT_EQ(::waitpid(pid, &status, 0), pid);
     ASSERT_TRUE(WIFEXITED(status)) << status;
-    EXPECT_EQ(WEXITSTATUS(status), 0) << "3: could not become nobody; 1: see the child's failure above";
+    EXPECT_EQ(WEXITSTATUS(status), 0)
+        << "3: could not become nobody; 1: see the child's failure above";
 }
 
 }  // namespace
