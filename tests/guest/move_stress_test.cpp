@@ -336,11 +336,11 @@ class MoveTotals : public ::testing::Environment {
 // ---- the stress test -------------------------------------------------------------------------
 
 // Three verified I/O threads while the buffer is moved in bursts, for DMABUFIO_MOVE_SECONDS
-// (default 60) seconds or until DMABUFIO_MOVES moves (default: no limit); at least 300 moves.
+// (default 30) seconds or until DMABUFIO_MOVES moves (default: no limit); at least 300 moves.
 TEST(MoveStress, VerifiedIoWhileMovingInBursts) {
     const std::uint64_t want = std::stoull(env_or("DMABUFIO_MOVES", "0"));
     const auto deadline =
-        Clock::now() + std::chrono::seconds(std::stoul(env_or("DMABUFIO_MOVE_SECONDS", "60")));
+        Clock::now() + std::chrono::seconds(std::stoul(env_or("DMABUFIO_MOVE_SECONDS", "30")));
     constexpr unsigned kThreads = 3;
     DmaBuf buf = DmaBuf::allocate(Exporter::kTest, kThreads * kArea);
     Totals totals;
