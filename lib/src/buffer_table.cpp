@@ -134,8 +134,8 @@ SlotKind BufferTable::register_dmabuf_mapping(unsigned slot, DmaBuf& buf) {
         std::string advice;
         if (ret == -EFAULT || ret == -EOPNOTSUPP) {
             advice = "the " + std::string(to_string(buf.exporter())) +
-                     " exporter's CPU mapping cannot be pinned as user memory (a PFN mapping "
-                     "without struct pages, as udmabuf and the system heap make); the mmap "
+                     " exporter's CPU mapping cannot be pinned as user memory (udmabuf and the "
+                     "system heap map PFNs, the test exporter's pages move); the mmap "
                      "fallback needs an exporter whose mapping has pinnable pages";
         } else if (ret == -ENOMEM) {
             advice = "raise RLIMIT_MEMLOCK (ulimit -l)";
