@@ -5,7 +5,6 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <liburing.h>
-#include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -39,7 +38,6 @@ using dmabufio::BlockFile;
 using dmabufio::BufferTable;
 using dmabufio::DmaBuf;
 using dmabufio::Exporter;
-using dmabufio::Fd;
 using dmabufio::Ring;
 using guest::kKiB;
 using guest::kMiB;
@@ -83,13 +81,10 @@ std::string env_or(const char* name, const char* fallback) {
 }
 
 // Moves `buf` in a background thread: bursts of back-to-back MOVEs, then a pause of 0-3 ms.
+// Only this thread calls buf.move(); the I/O threads use the fd and the mapping made before.
 class Mover {
   public:
-    Mover(const DmaBuf& buf, std::uint32_t flags)
-        : dev_(::open("/dev/dmabuf_test", O_RDWR | O_CLOEXEC)), fd_(buf.fd()), flags_(flags) {
-        if (!dev_.valid()) {
-            throw std::runtime_error("open /dev/dmabuf_test failed (CONFIG_DMABUF_TEST_EXPORTER)");
-        }
+    Mover(DmaBuf& buf, std::uint32_t flags) : buf_(buf), flags_(flags) {
         thread_ = std::thread([this] { run(); });
     }
     Mover(const Mover&) = delete;
@@ -121,11 +116,10 @@ class Mover {
             }
             const unsigned burst = 1 + gen() % 32;
             for (unsigned i = 0; i < burst && !stop_.load(); i++) {
-                dmabuf_test_move mv{};
-                mv.fd = fd_;
-                mv.flags = flags_;
-                if (::ioctl(dev_.get(), DMABUF_TEST_IOCTL_MOVE, &mv) != 0) {
-                    error_ = std::string("MOVE failed: ") + std::strerror(errno);
+                try {
+                    buf_.move(flags_);
+                } catch (const dmabufio::Error& e) {
+                    error_ = e.what();
                     return;
                 }
                 moves_++;
@@ -133,8 +127,7 @@ class Mover {
             std::this_thread::sleep_for(std::chrono::microseconds(gen() % 3000));
         }
     }
-    Fd dev_;
-    int fd_;
+    DmaBuf& buf_;
     std::uint32_t flags_;
     std::atomic<bool> stop_{false};
     std::atomic<bool> want_make_it_fail_{false};
