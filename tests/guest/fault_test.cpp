@@ -526,7 +526,7 @@ TEST(Fault, RegistrationUnderMemoryExhaustion) {
     const std::string fp = "/sys/kernel/debug/fail_page_alloc/";
     if (::access((fs + "ignore-gfp-wait").c_str(), W_OK) != 0 ||
         ::access("/proc/thread-self/fail-nth", W_OK) != 0) {
-        GTEST_SKIP() << "no failslab/fail-nth (CONFIG_FAULT_INJECTION_DEBUG_FS)";
+        FAIL() << "no failslab/fail-nth: the debug kernel needs CONFIG_FAULT_INJECTION_DEBUG_FS";
     }
     std::vector<std::unique_ptr<Knob>> knobs;
     for (const auto& [path, value] : std::vector<std::pair<std::string, std::string>>{
