@@ -13,7 +13,7 @@ namespace {
 int register_update(int ring_fd, unsigned slot, const io_uring_regbuf_desc* desc) {
     io_uring_rsrc_update2 up{};
     up.offset = slot;
-    up.resv = IORING_RSRC_UPDATE_EXTENDED;  // "flags" in the patched uapi
+    up.resv = IORING_RSRC_UPDATE_EXTENDED;  // the flags live in resv (as in the public series)
     up.data = reinterpret_cast<std::uintptr_t>(desc);
     up.nr = 1;
     const long ret =

@@ -2,6 +2,7 @@
 // dma-buf, target file, table or process go away with I/O in flight.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/nvme_ioctl.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -12,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <string>
 
 #include "dmabufio/buffer_table.hpp"
@@ -128,6 +130,82 @@ TEST_F(Errors, OtherOpcodesOnADmaBufSlotAreEopnotsupp) {
     EXPECT_EQ(res, -EOPNOTSUPP) << "SEND_ZC with a fixed dma-buf buffer";
     // A zero-copy send posts a second (notification) CQE only when it was accepted.
     (void)ud;
+}
+
+// NVMe passthrough (IORING_OP_URING_CMD on the generic char device) with IORING_URING_CMD_FIXED
+// naming a dma-buf slot: the driver imports the fixed buffer as pages, which a dma-buf slot has
+// none of, so it is refused with EOPNOTSUPP (documented).
+TEST(ErrorsUringCmd, FixedUringCmdOnADmaBufSlotIsEopnotsupp) {
+    constexpr std::uint32_t kUringCmdFixed = 1U << 0;  // IORING_URING_CMD_FIXED
+    BlockFile dev(guest::kDevice);
+    Fd ng(::open("/dev/ng0n1", O_RDWR | O_CLOEXEC));
+    ASSERT_TRUE(ng.valid()) << "open /dev/ng0n1: " << std::strerror(errno);
+    dmabufio::RingOptions opt;
+    opt.depth = 4;
+    opt.flags = IORING_SETUP_SQE128 | IORING_SETUP_CQE32;
+    Ring ring(opt);
+    BufferTable table(ring, 2);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kUdmabuf, 64 * kKiB);
+    ASSERT_EQ(table.update(0, dmabuf_desc(buf.fd(), dev.fd())), 1);
+    guest::Memory mem(64 * kKiB);
+    table.register_user(1, mem.data(), mem.size());
+
+    const auto passthrough_read = [&](unsigned slot, std::uint64_t addr) {
+        io_uring_sqe* sqe = ring.sqe();
+        std::memset(sqe, 0, 2 * sizeof(*sqe));
+        sqe->opcode = IORING_OP_URING_CMD;
+        sqe->fd = ng.get();
+        sqe->cmd_op = NVME_URING_CMD_IO;
+        sqe->uring_cmd_flags = kUringCmdFixed;
+        sqe->buf_index = static_cast<std::uint16_t>(slot);
+        auto* cmd = reinterpret_cast<nvme_uring_cmd*>(sqe->cmd);
+        cmd->opcode = 0x02;  // Read
+        cmd->nsid = 1;
+        cmd->addr = addr;
+        cmd->data_len = 4096;
+        cmd->cdw12 = 4096 / 512 - 1;  // number of 512-byte blocks, 0's based
+        return ring.submit_and_wait_one().second;
+    };
+    // Positive control: the same command on a user-memory slot works.
+    EXPECT_EQ(passthrough_read(1, reinterpret_cast<std::uintptr_t>(mem.data())), 0);
+    EXPECT_EQ(passthrough_read(0, 0), -EOPNOTSUPP);
+}
+
+// IORING_REGISTER_CLONE_BUFFERS copies a table holding a dma-buf slot to another ring: the clone
+// shares the registration, bound to the same target file, and keeps working after the original
+// ring dropped its slot (documented).
+TEST(CloneBuffers, CloneSharesTheDmaBufSlot) {
+    constexpr unsigned kRegisterCloneBuffers = 30;  // IORING_REGISTER_CLONE_BUFFERS
+    struct CloneBuffers {
+        std::uint32_t src_fd, flags, pad[6];
+    };
+    BlockFile dev(guest::kDevice);
+    guest::Reference ref;
+    guest::Memory pattern(64 * kKiB);
+    guest::fill(pattern.data(), pattern.size(), 23);
+    ref.write(pattern.data(), pattern.size(), 24 * kMiB);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kHeap, 64 * kKiB);
+    auto src = std::make_unique<Ring>(4);
+    auto src_table = std::make_unique<BufferTable>(*src, 2);
+    ASSERT_EQ(src_table->update(1, dmabuf_desc(buf.fd(), dev.fd())), 1);
+
+    Ring dst(4);
+    CloneBuffers arg{};
+    arg.src_fd = static_cast<std::uint32_t>(src->fd());
+    const long r = ::syscall(__NR_io_uring_register, dst.fd(), kRegisterCloneBuffers, &arg, 1);
+    ASSERT_EQ(r, 0) << "IORING_REGISTER_CLONE_BUFFERS: " << std::strerror(errno);
+    src_table.reset();  // the original ring's slots go
+    src.reset();
+
+    io_uring_sqe* sqe = dst.sqe();
+    io_uring_prep_read_fixed(sqe, dev.fd(), nullptr, 64 * kKiB, 24 * kMiB, 1);
+    EXPECT_EQ(dst.submit_and_wait_one().second, static_cast<int>(64 * kKiB));
+    EXPECT_EQ(std::memcmp(buf.map().data(), pattern.data(), pattern.size()), 0);
+    // still bound to its target file: another file is EBADF
+    guest::Reference other;
+    sqe = dst.sqe();
+    io_uring_prep_read_fixed(sqe, other.fd(), nullptr, 4096, 0, 1);
+    EXPECT_EQ(dst.submit_and_wait_one().second, -EBADF);
 }
 
 TEST_F(Errors, OutsideTheDmaBufIsEfault) {

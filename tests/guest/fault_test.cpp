@@ -736,4 +736,60 @@ TEST(FaultBlkdebug, OnlyTheFailingSectorsRequestFails) {
     std::printf("[          ] %u failing requests, %u neighbours succeeded\n", failed, succeeded);
 }
 
+// A stuck device cannot block invalidation forever: a read whose completion is lost
+// (fail_io_timeout) holds its mapping reference until the driver's timeout handling ends it (NVMe:
+// abort, then controller reset). A MOVE issued meanwhile waits for that, and no longer; the
+// registration works afterwards and the data verifies.
+TEST(Fault, StuckRequestDelaysInvalidationUntilItsTimeout) {
+    const std::string fit = "/sys/kernel/debug/fail_io_timeout/";
+    if (::access((fit + "probability").c_str(), W_OK) != 0) {
+        FAIL() << "no fail_io_timeout: the debug kernel needs CONFIG_FAIL_IO_TIMEOUT";
+    }
+    constexpr unsigned kTimeoutMs = 1000;
+    BlockFile dev(guest::kDevice);
+    guest::Reference ref;
+    guest::Memory pattern(64 * kKiB);
+    guest::fill(pattern.data(), pattern.size(), 31);
+    ref.write(pattern.data(), pattern.size(), 40 * kMiB);
+    Ring ring(8);
+    BufferTable table(ring, 1);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kTest, 1 * kMiB);
+    table.register_dmabuf(0, buf, dev.fd());
+
+    double waited_ms = 0;
+    int stuck_res = 0;
+    {
+        std::vector<std::unique_ptr<Knob>> knobs;
+        for (const auto& [path, value] : std::vector<std::pair<std::string, std::string>>{
+                 {"/sys/block/nvme0n1/queue/io_timeout", std::to_string(kTimeoutMs)},
+                 {fit + "verbose", "0"},
+                 {fit + "interval", "1"},
+                 {fit + "times", "1"},
+                 {fit + "probability", "100"},
+                 {"/sys/block/nvme0n1/io-timeout-fail", "1"}}) {
+            knobs.push_back(std::make_unique<Knob>(path, value));
+            ASSERT_TRUE(knobs.back()->ok()) << "cannot set " << path;
+        }
+        table.prep(false, dev.fd(), 0, 0, 64 * kKiB, 40 * kMiB, 1);
+        ASSERT_EQ(io_uring_submit(ring.get()), 1);
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        const auto t0 = Clock::now();
+        buf.move();  // waits for the stuck read
+        waited_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+        auto [ud, res] = ring.submit_and_wait_one();
+        EXPECT_EQ(ud, 1U);
+        stuck_res = res;
+    }
+    std::printf("[   counts ] stuck request: MOVE waited %.0f ms (io_timeout %u ms); the stuck read "
+                "completed with %d\n",
+                waited_ms, kTimeoutMs, stuck_res);
+    EXPECT_GE(waited_ms, 0.8 * kTimeoutMs) << "the MOVE did not wait for the request in flight";
+    EXPECT_LE(waited_ms, 30.0 * kTimeoutMs) << "the MOVE waited far beyond the request timeout";
+    EXPECT_TRUE(stuck_res == static_cast<int>(64 * kKiB) || stuck_res == -EIO)
+        << "the stuck read ended with " << stuck_res;
+    // The registration works after the reset: read and verify.
+    ASSERT_EQ(table.read(dev.fd(), 0, 0, 64 * kKiB, 40 * kMiB), static_cast<int>(64 * kKiB));
+    EXPECT_EQ(std::memcmp(buf.map().data(), pattern.data(), pattern.size()), 0);
+}
+
 }  // namespace
