@@ -686,6 +686,38 @@ TEST(MoveFaultInjection, TransientRemapFailuresAreRetried) {
         << "no failure was injected: the stack filter did not see the re-map allocate";
 }
 
+// ---- invalidation vs polled I/O ------------------------------------------------------------
+
+// A task with polled (IOPOLL) reads in flight on a dma-buf slot moves the buffer itself: the MOVE
+// waits for those reads, which nobody polls meanwhile. dma-buf reads are therefore never polled
+// (they complete by interrupt, also on an IOPOLL ring), so the MOVE returns promptly instead of
+// after the NVMe timeout. The guest-iopoll boot has poll queues (nvme.poll_queues=1).
+TEST(MoveIopoll, MoveWithOwnPolledReadsInFlight) {
+    BlockFile dev(guest::kDevice);
+    dmabufio::RingOptions o;
+    o.depth = 16;
+    o.iopoll = true;
+    Ring ring(o);
+    constexpr unsigned kReads = 8;
+    DmaBuf buf = DmaBuf::allocate(Exporter::kTest, kReads * 64 * kKiB);
+    BufferTable table(ring, 1);
+    table.register_dmabuf(0, buf, dev.fd());
+    for (unsigned i = 0; i < kReads; i++) {
+        table.prep(false, dev.fd(), 0, i * 64 * kKiB, 64 * kKiB, i * 64 * kKiB, i);
+    }
+    ASSERT_EQ(io_uring_submit(ring.get()), static_cast<int>(kReads));
+    const auto t0 = Clock::now();
+    buf.move();
+    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    std::printf("[   counts ] MOVE with %u polled reads of its own in flight: %.0f ms\n", kReads,
+                ms);
+    EXPECT_LT(ms, 5000.0) << "the MOVE waited for reads that only its own task would poll";
+    for (unsigned i = 0; i < kReads; i++) {
+        auto [ud, res] = ring.submit_and_wait_one();
+        EXPECT_EQ(res, static_cast<int>(64 * kKiB)) << "read " << ud;
+    }
+}
+
 // ---- "mapped once" ---------------------------------------------------------------------------
 
 // Waits (up to 10 s) until every importer map of the test exporter has been unmapped again.
