@@ -41,7 +41,11 @@ userspace: deps
 
 check: kernel-debug userspace
 	ctest --test-dir $(HOST) --output-on-failure -L unit
-	ctest --test-dir $(HOST) --output-on-failure -L guest
+	@echo "make check: guest suites; every boot's output goes to build/check-guest.log"
+	ctest --test-dir $(HOST) -L guest -V -O build/check-guest.log >/dev/null || \
+		{ cat build/check-guest.log; echo "make check: a guest suite failed (above)"; exit 1; }
+	@grep -h -A1 -E 'Test +#' build/check-guest.log | grep -v '^--$$' | paste - -
+	@grep -h -E '\[   counts \]|bytes verified|kunit-results:|tests passed' build/check-guest.log || true
 
 bench: kernel-perf userspace
 	tools/bench/matrix
