@@ -780,9 +780,10 @@ TEST(Fault, StuckRequestDelaysInvalidationUntilItsTimeout) {
         EXPECT_EQ(ud, 1U);
         stuck_res = res;
     }
-    std::printf("[   counts ] stuck request: MOVE waited %.0f ms (io_timeout %u ms); the stuck read "
-                "completed with %d\n",
-                waited_ms, kTimeoutMs, stuck_res);
+    std::printf(
+        "[   counts ] stuck request: MOVE waited %.0f ms (io_timeout %u ms); the stuck read "
+        "completed with %d\n",
+        waited_ms, kTimeoutMs, stuck_res);
     EXPECT_GE(waited_ms, 0.8 * kTimeoutMs) << "the MOVE did not wait for the request in flight";
     EXPECT_LE(waited_ms, 30.0 * kTimeoutMs) << "the MOVE waited far beyond the request timeout";
     EXPECT_TRUE(stuck_res == static_cast<int>(64 * kKiB) || stuck_res == -EIO)

@@ -38,8 +38,8 @@ using dmabufio::SlotKind;
 using guest::kKiB;
 
 constexpr std::uint8_t kNvmeAdminFormat = 0x80;
-constexpr std::uint32_t kLbafPlain = 0;     // QEMU's LBA format 0: 512 bytes, no metadata
-constexpr std::uint32_t kLbafMeta = 1;      // LBA format 1: 512 bytes + 8 bytes of metadata
+constexpr std::uint32_t kLbafPlain = 0;      // QEMU's LBA format 0: 512 bytes, no metadata
+constexpr std::uint32_t kLbafMeta = 1;       // LBA format 1: 512 bytes + 8 bytes of metadata
 constexpr std::uint32_t kPiType1 = 1U << 5;  // Format NVM CDW10 PI field = 1
 
 std::string integrity_format() {

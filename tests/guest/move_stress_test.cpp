@@ -1,7 +1,8 @@
 // move_notify under fire (issue #5): verified reads and writes on a test-exporter dma-buf while
 // another thread MOVEs it, MOVE racing with unregister / replace / ring teardown / process exit /
 // controller reset, fault injection proving that invalidation never allocates and that transient
-// re-map failures are retried, and the exporter's map count (mapped once). Every test prints its counts: moves, re-maps, I/Os, bytes verified.
+// re-map failures are retried, and the exporter's map count (mapped once). Every test prints its
+// counts: moves, re-maps, I/Os, bytes verified.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <liburing.h>
