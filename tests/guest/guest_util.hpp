@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <random>
 #include <span>
 #include <stdexcept>
@@ -42,6 +43,15 @@ class Memory {
     std::size_t size_;
     void* ptr_;
 };
+
+// Writes value to a sysfs/debugfs file; throws if the kernel refuses it.
+inline void write_str(const std::string& path, const std::string& value) {
+    std::ofstream out(path);
+    out << value << std::flush;
+    if (!out) {
+        throw std::runtime_error("cannot write '" + value + "' to " + path);
+    }
+}
 
 inline void fill(std::uint8_t* p, std::size_t n, std::uint64_t seed) {
     std::mt19937_64 gen(seed);

@@ -42,6 +42,7 @@ using dmabufio::Exporter;
 using dmabufio::Ring;
 using guest::kKiB;
 using guest::kMiB;
+using guest::write_str;
 using Clock = std::chrono::steady_clock;
 
 // ---- small helpers ---------------------------------------------------------------------------
@@ -54,14 +55,6 @@ std::uint64_t read_u64(const std::string& path) {
         throw std::runtime_error("cannot read " + path);
     }
     return std::stoull(s, nullptr, 0);
-}
-
-void write_str(const std::string& path, const std::string& value) {
-    std::ofstream out(path);
-    out << value << std::flush;
-    if (!out) {
-        throw std::runtime_error("cannot write '" + value + "' to " + path);
-    }
 }
 
 // The test exporter's debugfs counters (moves done, importer maps and unmaps), over all buffers.

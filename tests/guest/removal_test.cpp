@@ -10,7 +10,6 @@
 
 #include <chrono>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <thread>
 
@@ -32,12 +31,6 @@ using guest::kKiB;
 using guest::kMiB;
 
 constexpr unsigned kDepth = 16;
-
-void write_sysfs(const std::string& path, const std::string& value) {
-    std::ofstream out(path);
-    out << value << std::flush;
-    ASSERT_TRUE(out) << "cannot write '" << value << "' to " << path;
-}
 
 // The PCI address of nvme0's controller, e.g. "0000:00:03.0".
 std::string nvme0_pci_address() {
@@ -119,10 +112,10 @@ TEST(Removal, PciFunctionRemovedAndRescanned) {
     ASSERT_FALSE(addr.empty()) << "no /sys/class/nvme/nvme0/device";
     remove_with_registrations(
         [&] {
-            write_sysfs("/sys/bus/pci/devices/" + addr + "/remove", "1");
+            guest::write_str("/sys/bus/pci/devices/" + addr + "/remove", "1");
             ASSERT_TRUE(wait_for(guest::kDevice, false, 30));
         },
-        [&] { write_sysfs("/sys/bus/pci/rescan", "1"); });
+        [&] { guest::write_str("/sys/bus/pci/rescan", "1"); });
 }
 
 TEST(Removal, DriverUnboundAndBoundAgain) {
@@ -130,10 +123,10 @@ TEST(Removal, DriverUnboundAndBoundAgain) {
     ASSERT_FALSE(addr.empty()) << "no /sys/class/nvme/nvme0/device";
     remove_with_registrations(
         [&] {
-            write_sysfs("/sys/bus/pci/drivers/nvme/unbind", addr);
+            guest::write_str("/sys/bus/pci/drivers/nvme/unbind", addr);
             ASSERT_TRUE(wait_for(guest::kDevice, false, 30));
         },
-        [&] { write_sysfs("/sys/bus/pci/drivers/nvme/bind", addr); });
+        [&] { guest::write_str("/sys/bus/pci/drivers/nvme/bind", addr); });
 }
 
 }  // namespace
