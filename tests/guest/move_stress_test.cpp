@@ -651,7 +651,7 @@ InjectionRun run_with_failing_allocations(const char* symbol, std::uint32_t move
 // An exporter that reserves no fence slots for its importers (as TTM and amdgpu don't): move_notify
 // still allocates nothing, since it publishes no fence (it waits for the in-flight I/O itself).
 TEST(MoveFaultInjection, MoveNotifyAllocatesNothingWithoutReservedSlots) {
-    const auto r = run_with_failing_allocations("blk_mq_dma_move_notify",
+    const auto r = run_with_failing_allocations("dma_buf_io_move_notify",
                                                 DMABUF_TEST_MOVE_NO_RESERVE, true, 8);
     EXPECT_EQ(r.injected.first + r.injected.second, 0U);
 }
@@ -659,7 +659,7 @@ TEST(MoveFaultInjection, MoveNotifyAllocatesNothingWithoutReservedSlots) {
 // With an exporter that reserves the importers' slots (as the test exporter does by default),
 // move_notify allocates nothing either: every allocation in it would fail, and none is made.
 TEST(MoveFaultInjection, MoveNotifyAllocatesNothing) {
-    const auto r = run_with_failing_allocations("blk_mq_dma_move_notify", 0, true, 8);
+    const auto r = run_with_failing_allocations("dma_buf_io_move_notify", 0, true, 8);
     EXPECT_EQ(r.injected.first + r.injected.second, 0U);
 }
 
@@ -667,7 +667,7 @@ TEST(MoveFaultInjection, MoveNotifyAllocatesNothing) {
 // completion context) allocates nothing: every allocation in it would fail, in any task or
 // interrupt.
 TEST(MoveFaultInjection, DrainCompletionAllocatesNothing) {
-    const auto r = run_with_failing_allocations("blk_mq_dma_map_release", 0, false, 6);
+    const auto r = run_with_failing_allocations("dma_buf_io_map_release", 0, false, 6);
     EXPECT_EQ(r.injected.first + r.injected.second, 0U);
 }
 
@@ -675,7 +675,7 @@ TEST(MoveFaultInjection, DrainCompletionAllocatesNothing) {
 // array); out of memory there is transient: the waiting requests are retried a little later, never
 // failed with EIO. Positive control: failures must really have been injected.
 TEST(MoveFaultInjection, TransientRemapFailuresAreRetried) {
-    const auto r = run_with_failing_allocations("blk_mq_dma_remap_work", 0, false, 8, 30);
+    const auto r = run_with_failing_allocations("dma_buf_io_remap_work", 0, false, 8, 30);
     EXPECT_GT(r.injected.first + r.injected.second, 0U)
         << "no failure was injected: the stack filter did not see the re-map allocate";
 }
