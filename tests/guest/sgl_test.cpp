@@ -41,9 +41,17 @@ std::string read_threshold() {
     return v;
 }
 
+// Puts the threshold back however the test ends, so that a failed assertion doesn't change how
+// the later tests of the boot build their commands.
+struct ThresholdRestore {
+    std::string saved;
+    ~ThresholdRestore() { guest::write_str(kThreshold, saved); }
+};
+
 TEST(Sgl, TokenReadsWithPrpsAndSgls) {
     const std::string saved = read_threshold();
     ASSERT_EQ(saved, "32768") << "the lab runs nvme with its default sgl_threshold";
+    const ThresholdRestore restore{saved};
     guest::Reference ref;
     BlockFile dev(guest::kDevice);
     Ring ring(8);
@@ -77,9 +85,7 @@ TEST(Sgl, TokenReadsWithPrpsAndSgls) {
             reads++;
         }
     }
-    guest::write_str(kThreshold, saved);
-    std::printf("[   counts ] token reads verified across sgl_threshold 0/4096/32768: %d\n",
-                reads);
+    std::printf("[   counts ] token reads verified across sgl_threshold 0/4096/32768: %d\n", reads);
     EXPECT_EQ(reads, 12);
 }
 
