@@ -736,6 +736,21 @@ TEST(FaultBlkdebug, OnlyTheFailingSectorsRequestFails) {
     std::printf("[          ] %u failing requests, %u neighbours succeeded\n", failed, succeeded);
 }
 
+// The "FD:" (forward dependencies) of a lock class in /proc/lockdep; -1 if it isn't listed.
+long lockdep_forward_deps(const std::string& name) {
+    std::ifstream in("/proc/lockdep");
+    std::string line;
+    while (std::getline(in, line)) {
+        const std::string tail = ": " + name;
+        const auto fd = line.find("FD:");
+        if (fd != std::string::npos && line.size() >= tail.size() &&
+            line.compare(line.size() - tail.size(), tail.size(), tail) == 0) {
+            return std::strtol(line.c_str() + fd + 3, nullptr, 10);
+        }
+    }
+    return -1;
+}
+
 // A stuck device cannot block invalidation forever: a read whose completion is lost
 // (fail_io_timeout) holds its mapping reference until the driver's timeout handling ends it (NVMe:
 // abort, then controller reset). A MOVE issued meanwhile waits for that, and no longer; the
@@ -791,6 +806,11 @@ TEST(Fault, StuckRequestDelaysInvalidationUntilItsTimeout) {
     // The registration works after the reset: read and verify.
     ASSERT_EQ(table.read(dev.fd(), 0, 0, 64 * kKiB, 40 * kMiB), static_cast<int>(64 * kKiB));
     EXPECT_EQ(std::memcmp(buf.map().data(), pattern.data(), pattern.size()), 0);
+    // nvme-pci's timeout handling ran inside its lockdep annotation: the completion-path map has
+    // recorded the locks taken in it (a forward dependency count above 0 in /proc/lockdep).
+    const long deps = lockdep_forward_deps("dma_buf_io_complete");
+    std::printf("[   counts ] lockdep: dma_buf_io_complete has %ld forward dependencies\n", deps);
+    EXPECT_GT(deps, 0) << "the completion path's lockdep annotation never ran with a lock in it";
 }
 
 }  // namespace

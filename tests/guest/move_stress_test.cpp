@@ -608,6 +608,8 @@ struct InjectionRun {
     ExporterStats stats;
 };
 
+constexpr unsigned kMinIos = 100;
+
 // Two verified I/O threads for `seconds` while the buffer is moved with `move_flags`, with every
 // allocation failing whose call chain contains `symbol`.
 // `probability` (percent) below 100 lets some attempts through.
@@ -626,8 +628,12 @@ InjectionRun run_with_failing_allocations(const char* symbol, std::uint32_t move
         if (mover_only) {
             mover.make_it_fail();
         }
-        const auto failures =
-            io.run(Clock::now() + std::chrono::seconds(seconds), [] { return false; });
+        // At least `seconds`, and on until kMinIos I/Os have completed (a loaded host slows the
+        // guest down), for up to four times as long.
+        const auto soft = Clock::now() + std::chrono::seconds(seconds);
+        const auto failures = io.run(Clock::now() + 4 * std::chrono::seconds(seconds), [&] {
+            return Clock::now() >= soft && totals.ios.load() > kMinIos;
+        });
         mover.stop();
         EXPECT_EQ(mover.error(), "");
         for (const auto& f : failures) {
@@ -644,7 +650,7 @@ InjectionRun run_with_failing_allocations(const char* symbol, std::uint32_t move
         static_cast<unsigned long long>(out.injected.second));
     print_counts(symbol, out.stats, totals);
     EXPECT_GT(out.stats.moves, 10U);
-    EXPECT_GT(totals.ios.load(), 100U);
+    EXPECT_GT(totals.ios.load(), kMinIos);
     return out;
 }
 

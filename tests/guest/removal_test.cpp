@@ -1,14 +1,18 @@
 // The NVMe PCI function removed, or unbound from nvme, while a dma-buf is registered against it
 // and reads are in flight (issue 10). No DMA mapping may outlive the driver's binding (DMA API
 // debugging reports one that does, and vm/run fails on it); the reads end, the registration can
-// be dropped afterwards, and once the device is back (bus rescan, or bound again) it works with a
-// new registration, data verified. Own boot (guest-removal): the device goes away meanwhile.
+// be dropped afterwards, and once the device is back (bus rescan, bound again, or its module
+// loaded again) it works with a new registration, data verified. Own boot (guest-removal): the
+// device goes away meanwhile.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <limits.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -127,6 +131,47 @@ TEST(Removal, DriverUnboundAndBoundAgain) {
             ASSERT_TRUE(wait_for(guest::kDevice, false, 30));
         },
         [&] { guest::write_str("/sys/bus/pci/drivers/nvme/bind", addr); });
+}
+
+// delete_module(2) as rmmod calls it: returns 0 or the errno.
+int unload_module(const char* name) {
+    return ::syscall(SYS_delete_module, name, O_NONBLOCK) == 0 ? 0 : errno;
+}
+
+// finit_module(2) as insmod calls it: returns 0 or the errno.
+int load_module(const char* path) {
+    const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return errno;
+    }
+    const int ret = ::syscall(SYS_finit_module, fd, "", 0) == 0 ? 0 : errno;
+    ::close(fd);
+    return ret;
+}
+
+// nvme built as a module (the debug kernel; vm/init loaded it and says where it is): a token holds
+// the driver's module, so it cannot be unloaded while a registration lives, also not once the
+// driver is unbound (which revokes the token); once the registrations are dropped it unloads, and
+// loaded again the device works with a new registration.
+TEST(Removal, ModuleUnloadRefusedWhileRegistered) {
+    const char* ko = std::getenv("DMABUFIO_NVME_KO");
+    ASSERT_NE(ko, nullptr) << "nvme is built in: this test needs the debug kernel's nvme.ko "
+                              "(vm/init sets DMABUFIO_NVME_KO when it loads it)";
+    const std::string addr = nvme0_pci_address();
+    ASSERT_FALSE(addr.empty()) << "no /sys/class/nvme/nvme0/device";
+    remove_with_registrations(
+        [&] {
+            EXPECT_EQ(unload_module("nvme"), EWOULDBLOCK) << "nvme unloaded under a registration";
+            guest::write_str("/sys/bus/pci/drivers/nvme/unbind", addr);
+            ASSERT_TRUE(wait_for(guest::kDevice, false, 30));
+            EXPECT_EQ(unload_module("nvme"), EWOULDBLOCK)
+                << "nvme unloaded under a revoked registration";
+        },
+        [&] {
+            ASSERT_EQ(unload_module("nvme"), 0) << "nvme still held after unregistration";
+            ASSERT_NE(::access("/sys/module/nvme", F_OK), 0) << "nvme still loaded";
+            ASSERT_EQ(load_module(ko), 0) << ko;
+        });
 }
 
 }  // namespace
