@@ -190,26 +190,30 @@ io_uring_sqe* BufferTable::prep(bool write, FixedFile file, unsigned slot, std::
 
 int BufferTable::read(FixedFile file, unsigned slot, std::uint64_t offset, unsigned len,
                       std::uint64_t dev_offset) {
-    prep(false, file, slot, offset, len, dev_offset, 0);
-    return ring_.submit_and_wait_one().second;
+    const std::uint64_t tag = ring_.sync_user_data();
+    prep(false, file, slot, offset, len, dev_offset, tag);
+    return ring_.wait_for(tag);
 }
 
 int BufferTable::write(FixedFile file, unsigned slot, std::uint64_t offset, unsigned len,
                        std::uint64_t dev_offset) {
-    prep(true, file, slot, offset, len, dev_offset, 0);
-    return ring_.submit_and_wait_one().second;
+    const std::uint64_t tag = ring_.sync_user_data();
+    prep(true, file, slot, offset, len, dev_offset, tag);
+    return ring_.wait_for(tag);
 }
 
 int BufferTable::read(int fd, unsigned slot, std::uint64_t offset, unsigned len,
                       std::uint64_t dev_offset) {
-    prep(false, fd, slot, offset, len, dev_offset, 0);
-    return ring_.submit_and_wait_one().second;
+    const std::uint64_t tag = ring_.sync_user_data();
+    prep(false, fd, slot, offset, len, dev_offset, tag);
+    return ring_.wait_for(tag);
 }
 
 int BufferTable::write(int fd, unsigned slot, std::uint64_t offset, unsigned len,
                        std::uint64_t dev_offset) {
-    prep(true, fd, slot, offset, len, dev_offset, 0);
-    return ring_.submit_and_wait_one().second;
+    const std::uint64_t tag = ring_.sync_user_data();
+    prep(true, fd, slot, offset, len, dev_offset, tag);
+    return ring_.wait_for(tag);
 }
 
 }  // namespace dmabufio

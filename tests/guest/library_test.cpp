@@ -144,6 +144,40 @@ TEST(Library, BatchSubmitAndReapOnADmaBufSlot) {
     buf.end_cpu_access(false);
 }
 
+// A synchronous read on a dma-buf slot while the caller's own asynchronous reads are in flight on
+// the same ring: the sync read returns its own result and data, and every asynchronous completion
+// reaches reap() exactly once.
+TEST(Library, SyncReadWithOtherIoInFlightKeepsEveryCompletionWithItsOwner) {
+    constexpr unsigned kIos = 16;
+    constexpr std::size_t kBs = 64 * kKiB;
+    BlockFile dev(guest::kDevice);
+    Ring ring(32);
+    auto expect = seed_device((kIos + 1) * kBs, 53);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kUdmabuf, (kIos + 1) * kBs);
+    BufferTable table(ring, 1);
+    ASSERT_EQ(table.register_dmabuf(0, buf, dev.fd()), SlotKind::kDmaBuf);
+    for (unsigned i = 0; i < kIos; i++) {
+        table.prep(false, dev.fd(), 0, i * kBs, kBs, kDevBase + i * kBs, 1000 + i);
+    }
+    ring.submit();
+    EXPECT_EQ(table.read(dev.fd(), 0, kIos * kBs, kBs, kDevBase + kIos * kBs),
+              static_cast<int>(kBs));
+    std::array<Completion, kIos + 1> cqes{};
+    ASSERT_EQ(ring.reap(cqes, kIos), kIos);
+    std::array<int, kIos> seen{};
+    for (unsigned i = 0; i < kIos; i++) {
+        ASSERT_GE(cqes[i].user_data, 1000U);
+        ASSERT_LT(cqes[i].user_data, 1000U + kIos);
+        EXPECT_EQ(cqes[i].res, static_cast<int>(kBs)) << cqes[i].user_data;
+        seen.at(cqes[i].user_data - 1000)++;
+    }
+    EXPECT_EQ(seen, (std::array<int, kIos>{1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}));
+    EXPECT_EQ(ring.ready(), 0U);
+    buf.begin_cpu_access(false);
+    EXPECT_EQ(std::memcmp(buf.map().data(), expect->data(), (kIos + 1) * kBs), 0);
+    buf.end_cpu_access(false);
+}
+
 // SQPOLL and a registered ring fd together, with a dma-buf slot (and a user slot beside it).
 TEST(Library, SqpollAndRegisteredRingFdWithDmaBufAndUserSlots) {
     BlockFile dev(guest::kDevice);

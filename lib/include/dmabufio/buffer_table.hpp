@@ -55,7 +55,8 @@ class BufferTable {
     [[nodiscard]] std::uint64_t addr(unsigned slot, std::uint64_t offset) const;
 
     // READ_FIXED/WRITE_FIXED of len bytes at byte `offset` of the slot, at dev_offset of fd.
-    // Returns the CQE result (bytes or -errno).
+    // They wait for their own completion: other I/O may be in flight on the ring (see
+    // Ring::wait_for()). Returns the CQE result (bytes or -errno).
     int read(int fd, unsigned slot, std::uint64_t offset, unsigned len, std::uint64_t dev_offset);
     int write(int fd, unsigned slot, std::uint64_t offset, unsigned len, std::uint64_t dev_offset);
     // Queues one without submitting (asynchronous form); user_data is the caller's. Returns the
