@@ -53,9 +53,10 @@ bench: kernel-perf userspace
 vm: kernel-debug userspace
 	vm/run --interactive
 
+# C and C++ alike (tests/unit/uapi/ is kernel-style C, as the kernel headers it checks).
 lint: userspace
-	clang-format --dry-run --Werror $$(git ls-files '*.cpp' '*.hpp')
-	clang-tidy -p $(HOST) --quiet $$(git ls-files '*.cpp')
+	clang-format --dry-run --Werror $$(git ls-files '*.cpp' '*.hpp' '*.c' '*.h' ':!:tests/unit/uapi')
+	clang-tidy -p $(HOST) --quiet $$(git ls-files '*.cpp' '*.c' ':!:tests/unit/uapi')
 
 clean:
 	rm -rf $(HOST) build/bench build/vm

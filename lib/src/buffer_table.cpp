@@ -1,25 +1,12 @@
 #include "dmabufio/buffer_table.hpp"
 
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <cerrno>
 
+#include "dmabufio/dmabufio.h"
 #include "dmabufio/error.hpp"
 
 namespace dmabufio {
 namespace {
-
-int register_update(int ring_fd, unsigned slot, const io_uring_regbuf_desc* desc) {
-    io_uring_rsrc_update2 up{};
-    up.offset = slot;
-    up.resv = IORING_RSRC_UPDATE_EXTENDED;  // the flags live in resv (as in the public series)
-    up.data = reinterpret_cast<std::uintptr_t>(desc);
-    up.nr = 1;
-    const long ret =
-        ::syscall(__NR_io_uring_register, ring_fd, IORING_REGISTER_BUFFERS_UPDATE, &up, sizeof(up));
-    return ret < 0 ? -errno : static_cast<int>(ret);
-}
 
 std::string advice_for(int err) {
     switch (err) {
@@ -40,27 +27,9 @@ std::string advice_for(int err) {
 }  // namespace
 
 Probe probe() {
-    try {
-        Ring ring(1);
-        io_uring_regbuf_desc desc{};
-        desc.type = IO_REGBUF_TYPE_EMPTY;
-        if (int ret = io_uring_register_buffers_sparse(ring.get(), 1); ret < 0) {
-            return {false,
-                    "this kernel cannot make a sparse buffer table (" + std::to_string(-ret) + ")"};
-        }
-        const int ret = register_update(ring.fd(), 0, &desc);
-        if (ret == 1) {
-            return {true, "this kernel takes dma-buf slots (IORING_RSRC_UPDATE_EXTENDED)"};
-        }
-        if (ret == -EINVAL) {
-            return {false,
-                    "this kernel lacks dma-buf registration: io_uring rejected "
-                    "IORING_RSRC_UPDATE_EXTENDED (a kernel with the dmabuf-io series is needed)"};
-        }
-        return {false, "probing dma-buf registration failed with errno " + std::to_string(-ret)};
-    } catch (const Error& e) {
-        return {false, e.what()};
-    }
+    const char* why = nullptr;
+    const int ret = dmabufio_probe(&why);
+    return {ret == 1, ret < 0 ? std::string(why) + " (errno " + std::to_string(-ret) + ")" : why};
 }
 
 const char* to_string(SlotKind k) {
@@ -84,7 +53,7 @@ BufferTable::BufferTable(Ring& ring, unsigned slots) : ring_(ring), slots_(slots
 BufferTable::~BufferTable() { io_uring_unregister_buffers(ring_.get()); }
 
 int BufferTable::update(unsigned slot, const io_uring_regbuf_desc& desc) noexcept {
-    return register_update(ring_.fd(), slot, &desc);
+    return dmabufio_update_buffers(ring_.get(), slot, &desc, nullptr, 1);
 }
 
 void BufferTable::register_user(unsigned slot, void* addr, std::size_t len) {
@@ -100,12 +69,8 @@ void BufferTable::register_user(unsigned slot, void* addr, std::size_t len) {
 
 SlotKind BufferTable::register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd,
                                       bool allow_mmap_fallback) {
-    io_uring_regbuf_desc desc{};
-    desc.type = IO_REGBUF_TYPE_DMABUF;
-    desc.dmabuf_fd = buf.fd();
-    desc.target_fd = target_fd;
-    const int ret = update(slot, desc);
-    if (ret == 1) {
+    const int ret = dmabufio_register_dmabuf(ring_.get(), slot, buf.fd(), target_fd, 0);
+    if (ret == 0) {
         slots_.at(slot) = {SlotKind::kDmaBuf, 0};
         return SlotKind::kDmaBuf;
     }
@@ -149,14 +114,7 @@ SlotKind BufferTable::register_dmabuf_mapping(unsigned slot, DmaBuf& buf) {
 }
 
 void BufferTable::clear(unsigned slot) {
-    io_uring_regbuf_desc desc{};
-    desc.type = IO_REGBUF_TYPE_EMPTY;
-    int ret = update(slot, desc);
-    if (ret == -EINVAL && !probe().dmabuf_slots) {
-        iovec empty{nullptr, 0};  // the classic way to clear a slot
-        ret = io_uring_register_buffers_update_tag(ring_.get(), slot, &empty, nullptr, 1);
-    }
-    if (ret < 0) {
+    if (const int ret = dmabufio_clear_buffer(ring_.get(), slot); ret < 0) {
         throw_error(ret, "clear buffer slot " + std::to_string(slot));
     }
     slots_.at(slot) = {};

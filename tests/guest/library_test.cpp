@@ -2,7 +2,9 @@
 // fd), fixed files with dma-buf slots, batch submit/reap, the I/O helpers, the explicit mmap
 // fallback on a dma-buf, and MOVE through the library. Data is checked against the ordinary
 // O_DIRECT path (guest::Reference). Device region: [1 GiB, 1 GiB + 16 MiB).
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <array>
 #include <cerrno>
@@ -15,6 +17,7 @@
 
 #include "dmabufio/buffer_table.hpp"
 #include "dmabufio/dmabuf.hpp"
+#include "dmabufio/dmabufio.h"
 #include "dmabufio/error.hpp"
 #include "dmabufio/file.hpp"
 #include "dmabufio/ring.hpp"
@@ -176,6 +179,55 @@ TEST(Library, SyncReadWithOtherIoInFlightKeepsEveryCompletionWithItsOwner) {
     buf.begin_cpu_access(false);
     EXPECT_EQ(std::memcmp(buf.map().data(), expect->data(), (kIos + 1) * kBs), 0);
     buf.end_cpu_access(false);
+}
+
+// The C API on the series kernel: the probe, a tagged dma-buf registration read through with
+// liburing alone, the tag posted once the slot is cleared, and each documented errno.
+TEST(LibraryCApi, RegisterReadClearAndTheTagArrives) {
+    const char* advice = nullptr;
+    EXPECT_EQ(dmabufio_probe(&advice), 1) << advice;
+    BlockFile dev(guest::kDevice);
+    auto expect = seed_device(256 * kKiB, 61);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kUdmabuf, 256 * kKiB);
+    io_uring ring{};
+    ASSERT_EQ(io_uring_queue_init(8, &ring, 0), 0);
+    EXPECT_EQ(dmabufio_register_dmabuf(&ring, 0, buf.fd(), dev.fd(), 0), -ENXIO);  // no table
+    ASSERT_EQ(io_uring_register_buffers_sparse(&ring, 2), 0);
+    ASSERT_EQ(dmabufio_register_dmabuf(&ring, 1, buf.fd(), dev.fd(), 0xabc), 0);
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+    // The addr of a dma-buf slot is the byte offset into the dma-buf: 64 KiB here.
+    // NOLINTNEXTLINE(performance-no-int-to-ptr)
+    io_uring_prep_read_fixed(sqe, dev.fd(), reinterpret_cast<void*>(64 * kKiB), 192 * kKiB,
+                             kDevBase, 1);
+    sqe->user_data = 1;
+    io_uring_cqe* cqe = nullptr;
+    ASSERT_EQ(io_uring_submit_and_wait(&ring, 1), 1);
+    ASSERT_EQ(io_uring_peek_cqe(&ring, &cqe), 0);
+    EXPECT_EQ(cqe->user_data, 1U);
+    EXPECT_EQ(cqe->res, static_cast<int>(192 * kKiB));
+    io_uring_cqe_seen(&ring, cqe);
+    buf.begin_cpu_access(false);
+    EXPECT_EQ(std::memcmp(buf.map().data() + 64 * kKiB, expect->data(), 192 * kKiB), 0);
+    buf.end_cpu_access(false);
+    EXPECT_EQ(io_uring_peek_cqe(&ring, &cqe), -EAGAIN);  // the tag waits for the slot to go
+    ASSERT_EQ(dmabufio_clear_buffer(&ring, 1), 0);
+    ASSERT_EQ(io_uring_wait_cqe(&ring, &cqe), 0);
+    EXPECT_EQ(cqe->user_data, 0xabcU);
+    EXPECT_EQ(cqe->res, 0);
+    io_uring_cqe_seen(&ring, cqe);
+    // The errnos of the man pages.
+    EXPECT_EQ(dmabufio_register_dmabuf(&ring, 2, buf.fd(), dev.fd(), 0), -EINVAL);  // no slot 2
+    EXPECT_EQ(dmabufio_register_dmabuf(&ring, 0, dev.fd(), dev.fd(), 0), -EBADF);   // no dma-buf
+    const int closed = ::dup(dev.fd());
+    ::close(closed);
+    EXPECT_EQ(dmabufio_register_dmabuf(&ring, 0, buf.fd(), closed, 0), -EBADF);
+    const dmabufio::Fd buffered(::open(guest::kDevice, O_RDWR | O_CLOEXEC));
+    EXPECT_EQ(dmabufio_register_dmabuf(&ring, 0, buf.fd(), buffered.get(), 0), -EOPNOTSUPP);
+    const io_uring_regbuf_desc empty{};
+    const __u64 tag = 5;
+    EXPECT_EQ(dmabufio_update_buffers(&ring, 0, &empty, &tag, 1), -EINVAL);  // tag on empty
+    EXPECT_EQ(dmabufio_clear_buffer(&ring, 2), -EINVAL);
+    io_uring_queue_exit(&ring);
 }
 
 // SQPOLL and a registered ring fd together, with a dma-buf slot (and a user slot beside it).
