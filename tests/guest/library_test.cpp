@@ -13,6 +13,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dmabufio/buffer_table.hpp"
@@ -350,6 +351,66 @@ TEST(Library, IoAfterEachMoveLandsInTheNewPages) {
         buf.move();
         read_and_verify(table, files[0], buf, *expect, 256 * kKiB);
     }
+}
+
+// The examples, as installed and built against the installed package by the host unit test
+// install-and-examples (tests/unit/install/check, into DMABUFIO_INSTALL_TEST_DIR): each reads a
+// seeded device region into a dma-buf and prints the FNV-1a hash of what arrived.
+std::string fnv1a64(const std::uint8_t* p, std::size_t n) {
+    std::uint64_t h = 0xcbf29ce484222325ULL;
+    for (std::size_t i = 0; i < n; i++) {
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    }
+    std::array<char, 17> hex{};
+    std::snprintf(hex.data(), hex.size(), "%016llx", static_cast<unsigned long long>(h));
+    return hex.data();
+}
+
+// Runs cmd, returns (exit status, stdout and stderr).
+std::pair<int, std::string> run_example(const std::string& cmd) {
+    std::string out;
+    FILE* f = ::popen((cmd + " 2>&1").c_str(), "r");
+    if (f == nullptr) {
+        return {-1, "popen failed"};
+    }
+    std::array<char, 256> chunk{};
+    while (std::fgets(chunk.data(), chunk.size(), f) != nullptr) {
+        out += chunk.data();
+    }
+    return {::pclose(f), out};
+}
+
+std::string installed_example(const char* name) {
+    std::string path = std::string(DMABUFIO_INSTALL_TEST_DIR) + "/" + name;
+    EXPECT_EQ(::access(path.c_str(), X_OK), 0)
+        << path << " is missing: the host unit test install-and-examples builds it "
+        << "(ctest -L unit, which make check runs before the guest suites)";
+    return path;
+}
+
+TEST(LibraryExamples, CExampleReadsTheDeviceIntoADmaBuf) {
+    const std::string bin = installed_example("read_to_dmabuf");
+    auto expect = seed_device(2 * kMiB, 71);
+    const auto [status, out] =
+        run_example(bin + " " + guest::kDevice + " " + std::to_string(2 * kMiB) + " " +
+                    std::to_string(kDevBase));
+    EXPECT_EQ(status, 0) << out;
+    EXPECT_EQ(out, "read 2097152 bytes into the dma-buf; fnv1a64 " +
+                       fnv1a64(expect->data(), 2 * kMiB) + "\n");
+}
+
+TEST(LibraryExamples, CxxExampleLoadsTheDeviceIntoADmaBufAndPrintsBandwidth) {
+    const std::string bin = installed_example("cmake/load_file");
+    auto expect = seed_device(8 * kMiB + 64 * kKiB, 73);  // not a multiple of the 1 MiB reads
+    const auto [status, out] =
+        run_example(bin + " " + guest::kDevice + " " + std::to_string(8 * kMiB + 64 * kKiB) + " " +
+                    std::to_string(kDevBase) + " 4");
+    EXPECT_EQ(status, 0) << out;
+    const std::string hash = fnv1a64(expect->data(), 8 * kMiB + 64 * kKiB);
+    EXPECT_TRUE(out.starts_with("loaded 8454144 bytes in ")) << out;
+    EXPECT_NE(out.find(" MiB/s; fnv1a64 " + hash + "\n"), std::string::npos)
+        << out << "expected hash " << hash;
+    std::printf("[          ] %s", out.c_str());
 }
 
 }  // namespace
