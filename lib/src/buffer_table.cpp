@@ -1,6 +1,7 @@
 #include "dmabufio/buffer_table.hpp"
 
 #include <cerrno>
+#include <utility>
 
 #include "dmabufio/dmabufio.h"
 #include "dmabufio/error.hpp"
@@ -67,28 +68,72 @@ void BufferTable::register_user(unsigned slot, void* addr, std::size_t len) {
     slots_.at(slot) = {SlotKind::kUser, reinterpret_cast<std::uintptr_t>(addr)};
 }
 
-SlotKind BufferTable::register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd,
-                                      bool allow_mmap_fallback) {
-    const int ret = dmabufio_register_dmabuf(ring_.get(), slot, buf.fd(), target_fd, 0);
+void BufferTable::register_dmabuf_tagged(unsigned slot, DmaBuf& buf, int target_fd,
+                                         std::uint64_t tag) {
+    const int ret = dmabufio_register_dmabuf(ring_.get(), slot, buf.fd(), target_fd, tag);
     if (ret == 0) {
         slots_.at(slot) = {SlotKind::kDmaBuf, 0};
-        return SlotKind::kDmaBuf;
-    }
-    if (ret == -EINVAL && allow_mmap_fallback && !probe().dmabuf_slots) {
-        return register_dmabuf_mapping(slot, buf);
+        return;
     }
     std::string advice = advice_for(-ret);
     if (ret == -EINVAL && !probe().dmabuf_slots) {
-        advice = allow_mmap_fallback
-                     ? "this kernel lacks dma-buf registration, and the fallback failed"
-                     : "this kernel lacks dma-buf registration (IORING_RSRC_UPDATE_EXTENDED); "
-                       "opt in to the mmap fallback to register the dma-buf's CPU mapping as "
-                       "ordinary user memory";
+        advice =
+            "this kernel lacks dma-buf registration (IORING_RSRC_UPDATE_EXTENDED); "
+            "opt in to the mmap fallback to register the dma-buf's CPU mapping as "
+            "ordinary user memory";
     }
     throw_error(ret,
                 "register a " + std::string(to_string(buf.exporter())) + " dma-buf in slot " +
                     std::to_string(slot),
                 advice);
+}
+
+SlotKind BufferTable::register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd,
+                                      bool allow_mmap_fallback) {
+    try {
+        register_dmabuf_tagged(slot, buf, target_fd, 0);
+        return SlotKind::kDmaBuf;
+    } catch (const Error& e) {
+        if (e.err() != EINVAL || !allow_mmap_fallback || probe().dmabuf_slots) {
+            throw;
+        }
+    }
+    return register_dmabuf_mapping(slot, buf);
+}
+
+Registration BufferTable::add_dmabuf(DmaBuf& buf, int target_fd, std::uint64_t tag) {
+    for (unsigned slot = 0; slot < slots_.size(); slot++) {
+        if (slots_[slot].kind == SlotKind::kEmpty) {
+            register_dmabuf_tagged(slot, buf, target_fd, tag);
+            return {this, slot, tag};
+        }
+    }
+    throw_error(ENOSPC,
+                "register a dma-buf: all " + std::to_string(slots_.size()) + " slots are taken",
+                "make the table larger or release a Registration");
+}
+
+Registration::Registration(Registration&& other) noexcept
+    : table_(std::exchange(other.table_, nullptr)), slot_(other.slot_), tag_(other.tag_) {}
+
+Registration& Registration::operator=(Registration&& other) noexcept {
+    if (this != &other) {
+        reset();
+        table_ = std::exchange(other.table_, nullptr);
+        slot_ = other.slot_;
+        tag_ = other.tag_;
+    }
+    return *this;
+}
+
+void Registration::reset() noexcept {
+    if (table_ != nullptr) {
+        try {
+            table_->clear(slot_);
+        } catch (const Error&) {  // NOLINT(bugprone-empty-catch): a filled slot always clears
+        }
+        table_ = nullptr;
+    }
 }
 
 SlotKind BufferTable::register_dmabuf_mapping(unsigned slot, DmaBuf& buf) {

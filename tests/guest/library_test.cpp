@@ -231,6 +231,51 @@ TEST(LibraryCApi, RegisterReadClearAndTheTagArrives) {
     io_uring_queue_exit(&ring);
 }
 
+// Any dma-buf fd adopted (size from lseek), registered through owning, tagged handles against a
+// read-only open of the device: reads land, writes are refused, a full table is ENOSPC, and each
+// handle's end clears its slot and brings its tag to reap().
+TEST(Library, AdoptedDmaBufTaggedRegistrationsOnAReadOnlyDevice) {
+    BlockFile dev(guest::kDevice, dmabufio::Access::kReadOnly);
+    EXPECT_TRUE(dev.is_block_device());
+    EXPECT_EQ(dev.logical_block_size(), BlockFile(guest::kDevice).logical_block_size());
+    auto expect = seed_device(512 * kKiB, 67);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kHeap, 512 * kKiB);
+    DmaBuf adopted = DmaBuf::adopt(dmabufio::Fd(::dup(buf.fd())));
+    EXPECT_EQ(adopted.size(), 512 * kKiB);
+    EXPECT_EQ(adopted.exporter(), Exporter::kAdopted);
+    Ring ring(8);
+    BufferTable table(ring, 2);
+    {
+        dmabufio::Registration a = table.add_dmabuf(adopted, dev.fd(), 0x55);
+        dmabufio::Registration b = table.add_dmabuf(buf, dev.fd());
+        EXPECT_EQ(a.slot(), 0U);
+        EXPECT_EQ(b.slot(), 1U);
+        try {
+            (void)table.add_dmabuf(buf, dev.fd());
+            ADD_FAILURE() << "a third registration in a table of two";
+        } catch (const dmabufio::Error& e) {
+            EXPECT_EQ(e.err(), ENOSPC) << e.what();
+        }
+        EXPECT_EQ(table.read(dev.fd(), a.slot(), 0, 512 * kKiB, kDevBase),
+                  static_cast<int>(512 * kKiB));
+        EXPECT_EQ(table.write(dev.fd(), a.slot(), 0, 4096, kDevBase), -EBADF);  // read-only
+        dmabufio::Registration moved = std::move(a);
+        EXPECT_FALSE(a.valid());  // NOLINT(bugprone-use-after-move): checking the move
+        EXPECT_EQ(moved.slot(), 0U);
+        std::array<Completion, 1> c{};
+        EXPECT_EQ(ring.reap(c, 0), 0U);  // no tag while the registration lives
+    }
+    EXPECT_EQ(table.kind(0), SlotKind::kEmpty);
+    EXPECT_EQ(table.kind(1), SlotKind::kEmpty);
+    std::array<Completion, 2> c{};
+    ASSERT_EQ(ring.reap(c, 1), 1U);
+    EXPECT_EQ(c[0].user_data, 0x55U);
+    EXPECT_EQ(c[0].res, 0);
+    buf.begin_cpu_access(false);
+    EXPECT_EQ(std::memcmp(buf.map().data(), expect->data(), 512 * kKiB), 0);
+    buf.end_cpu_access(false);
+}
+
 // SQPOLL and a registered ring fd together, with a dma-buf slot (and a user slot beside it).
 TEST(Library, SqpollAndRegisteredRingFdWithDmaBufAndUserSlots) {
     BlockFile dev(guest::kDevice);
