@@ -245,25 +245,27 @@ std::pair<std::uint64_t, int> Ring::submit_and_wait_one() {
     return {c.user_data, c.res};
 }
 
-int Ring::wait_for(std::uint64_t user_data) {
+int Ring::wait_for(std::uint64_t user_data) { return wait_for_any(user_data, ~0ULL).res; }
+
+Completion Ring::wait_for_any(std::uint64_t tag, std::uint64_t mask) {
     while (true) {
         io_uring_cqe* cqe = nullptr;
         unsigned head = 0;
         unsigned seen = 0;
         bool found = false;
-        int res = 0;
+        Completion mine;
         io_uring_for_each_cqe(&ring_, head, cqe) {
             seen++;
-            if (cqe->user_data == user_data) {
+            if ((cqe->user_data & mask) == tag) {
                 found = true;
-                res = cqe->res;
+                mine = {cqe->user_data, cqe->res};
                 break;
             }
             set_aside_.push_back({cqe->user_data, cqe->res});
         }
         io_uring_cq_advance(&ring_, seen);
         if (found) {
-            return res;
+            return mine;
         }
         submit_and_wait(1);
     }

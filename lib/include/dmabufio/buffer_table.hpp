@@ -83,6 +83,7 @@ class BufferTable {
     SlotKind register_dmabuf_mapping(unsigned slot, DmaBuf& buf);
     void clear(unsigned slot);
 
+    [[nodiscard]] Ring& ring() noexcept { return ring_; }
     [[nodiscard]] SlotKind kind(unsigned slot) const { return slots_.at(slot).kind; }
     // The `addr` an SQE gives for byte `offset` of the slot's buffer: the offset itself for a
     // dma-buf slot, a user address otherwise.

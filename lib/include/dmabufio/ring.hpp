@@ -97,10 +97,13 @@ class Ring {
     // its res. Other completions that arrive meanwhile are set aside, in order, for reap(): their
     // owners still get them.
     int wait_for(std::uint64_t user_data);
+    // The same for the first completion whose user_data & mask is tag.
+    Completion wait_for_any(std::uint64_t tag, std::uint64_t mask);
     // A user_data for one synchronous I/O: the sync helpers below and BufferTable's tag their SQE
     // with it and wait for that completion only. Values with the top 16 bits kSyncTag are
     // reserved for them; give asynchronous I/O any other user_data.
     static constexpr std::uint64_t kSyncTag = 0xd3abULL << 48;
+    static constexpr std::uint64_t kSyncTagMask = 0xffffULL << 48;
     [[nodiscard]] std::uint64_t sync_user_data() noexcept { return kSyncTag | ++sync_seq_; }
 
     // READ_FIXED / WRITE_FIXED from/into `addr` (within slot buf_index), at `offset` on fd, run to
