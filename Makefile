@@ -53,9 +53,11 @@ bench: kernel-perf userspace
 vm: kernel-debug userspace
 	vm/run --interactive
 
+# clang-format on C and C++ alike (not tests/unit/uapi/: kernel-style C, as the headers it checks);
+# clang-tidy on the C++ and the library's C (examples/*.c keeps a compact style to stay short).
 lint: userspace
-	clang-format --dry-run --Werror $$(git ls-files '*.cpp' '*.hpp')
-	clang-tidy -p $(HOST) --quiet $$(git ls-files '*.cpp')
+	clang-format --dry-run --Werror $$(git ls-files '*.cpp' '*.hpp' '*.c' '*.h' ':!:tests/unit/uapi')
+	clang-tidy -p $(HOST) --quiet $$(git ls-files '*.cpp' 'lib/*.c')
 
 clean:
 	rm -rf $(HOST) build/bench build/vm

@@ -1,25 +1,13 @@
 #include "dmabufio/buffer_table.hpp"
 
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <cerrno>
+#include <utility>
 
+#include "dmabufio/dmabufio.h"
 #include "dmabufio/error.hpp"
 
 namespace dmabufio {
 namespace {
-
-int register_update(int ring_fd, unsigned slot, const io_uring_regbuf_desc* desc) {
-    io_uring_rsrc_update2 up{};
-    up.offset = slot;
-    up.resv = IORING_RSRC_UPDATE_EXTENDED;  // the flags live in resv (as in the public series)
-    up.data = reinterpret_cast<std::uintptr_t>(desc);
-    up.nr = 1;
-    const long ret =
-        ::syscall(__NR_io_uring_register, ring_fd, IORING_REGISTER_BUFFERS_UPDATE, &up, sizeof(up));
-    return ret < 0 ? -errno : static_cast<int>(ret);
-}
 
 std::string advice_for(int err) {
     switch (err) {
@@ -40,27 +28,9 @@ std::string advice_for(int err) {
 }  // namespace
 
 Probe probe() {
-    try {
-        Ring ring(1);
-        io_uring_regbuf_desc desc{};
-        desc.type = IO_REGBUF_TYPE_EMPTY;
-        if (int ret = io_uring_register_buffers_sparse(ring.get(), 1); ret < 0) {
-            return {false,
-                    "this kernel cannot make a sparse buffer table (" + std::to_string(-ret) + ")"};
-        }
-        const int ret = register_update(ring.fd(), 0, &desc);
-        if (ret == 1) {
-            return {true, "this kernel takes dma-buf slots (IORING_RSRC_UPDATE_EXTENDED)"};
-        }
-        if (ret == -EINVAL) {
-            return {false,
-                    "this kernel lacks dma-buf registration: io_uring rejected "
-                    "IORING_RSRC_UPDATE_EXTENDED (a kernel with the dmabuf-io series is needed)"};
-        }
-        return {false, "probing dma-buf registration failed with errno " + std::to_string(-ret)};
-    } catch (const Error& e) {
-        return {false, e.what()};
-    }
+    const char* why = nullptr;
+    const int ret = dmabufio_probe(&why);
+    return {ret == 1, ret < 0 ? std::string(why) + " (errno " + std::to_string(-ret) + ")" : why};
 }
 
 const char* to_string(SlotKind k) {
@@ -84,7 +54,7 @@ BufferTable::BufferTable(Ring& ring, unsigned slots) : ring_(ring), slots_(slots
 BufferTable::~BufferTable() { io_uring_unregister_buffers(ring_.get()); }
 
 int BufferTable::update(unsigned slot, const io_uring_regbuf_desc& desc) noexcept {
-    return register_update(ring_.fd(), slot, &desc);
+    return dmabufio_update_buffers(ring_.get(), slot, &desc, nullptr, 1);
 }
 
 void BufferTable::register_user(unsigned slot, void* addr, std::size_t len) {
@@ -98,32 +68,72 @@ void BufferTable::register_user(unsigned slot, void* addr, std::size_t len) {
     slots_.at(slot) = {SlotKind::kUser, reinterpret_cast<std::uintptr_t>(addr)};
 }
 
-SlotKind BufferTable::register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd,
-                                      bool allow_mmap_fallback) {
-    io_uring_regbuf_desc desc{};
-    desc.type = IO_REGBUF_TYPE_DMABUF;
-    desc.dmabuf_fd = buf.fd();
-    desc.target_fd = target_fd;
-    const int ret = update(slot, desc);
-    if (ret == 1) {
+void BufferTable::register_dmabuf_tagged(unsigned slot, DmaBuf& buf, int target_fd,
+                                         std::uint64_t tag) {
+    const int ret = dmabufio_register_dmabuf(ring_.get(), slot, buf.fd(), target_fd, tag);
+    if (ret == 0) {
         slots_.at(slot) = {SlotKind::kDmaBuf, 0};
-        return SlotKind::kDmaBuf;
-    }
-    if (ret == -EINVAL && allow_mmap_fallback && !probe().dmabuf_slots) {
-        return register_dmabuf_mapping(slot, buf);
+        return;
     }
     std::string advice = advice_for(-ret);
     if (ret == -EINVAL && !probe().dmabuf_slots) {
-        advice = allow_mmap_fallback
-                     ? "this kernel lacks dma-buf registration, and the fallback failed"
-                     : "this kernel lacks dma-buf registration (IORING_RSRC_UPDATE_EXTENDED); "
-                       "opt in to the mmap fallback to register the dma-buf's CPU mapping as "
-                       "ordinary user memory";
+        advice =
+            "this kernel lacks dma-buf registration (IORING_RSRC_UPDATE_EXTENDED); "
+            "opt in to the mmap fallback to register the dma-buf's CPU mapping as "
+            "ordinary user memory";
     }
     throw_error(ret,
                 "register a " + std::string(to_string(buf.exporter())) + " dma-buf in slot " +
                     std::to_string(slot),
                 advice);
+}
+
+SlotKind BufferTable::register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd,
+                                      bool allow_mmap_fallback) {
+    try {
+        register_dmabuf_tagged(slot, buf, target_fd, 0);
+        return SlotKind::kDmaBuf;
+    } catch (const Error& e) {
+        if (e.err() != EINVAL || !allow_mmap_fallback || probe().dmabuf_slots) {
+            throw;
+        }
+    }
+    return register_dmabuf_mapping(slot, buf);
+}
+
+Registration BufferTable::add_dmabuf(DmaBuf& buf, int target_fd, std::uint64_t tag) {
+    for (unsigned slot = 0; slot < slots_.size(); slot++) {
+        if (slots_[slot].kind == SlotKind::kEmpty) {
+            register_dmabuf_tagged(slot, buf, target_fd, tag);
+            return {this, slot, tag};
+        }
+    }
+    throw_error(ENOSPC,
+                "register a dma-buf: all " + std::to_string(slots_.size()) + " slots are taken",
+                "make the table larger or release a Registration");
+}
+
+Registration::Registration(Registration&& other) noexcept
+    : table_(std::exchange(other.table_, nullptr)), slot_(other.slot_), tag_(other.tag_) {}
+
+Registration& Registration::operator=(Registration&& other) noexcept {
+    if (this != &other) {
+        reset();
+        table_ = std::exchange(other.table_, nullptr);
+        slot_ = other.slot_;
+        tag_ = other.tag_;
+    }
+    return *this;
+}
+
+void Registration::reset() noexcept {
+    if (table_ != nullptr) {
+        try {
+            table_->clear(slot_);
+        } catch (const Error&) {  // NOLINT(bugprone-empty-catch): a filled slot always clears
+        }
+        table_ = nullptr;
+    }
 }
 
 SlotKind BufferTable::register_dmabuf_mapping(unsigned slot, DmaBuf& buf) {
@@ -149,14 +159,7 @@ SlotKind BufferTable::register_dmabuf_mapping(unsigned slot, DmaBuf& buf) {
 }
 
 void BufferTable::clear(unsigned slot) {
-    io_uring_regbuf_desc desc{};
-    desc.type = IO_REGBUF_TYPE_EMPTY;
-    int ret = update(slot, desc);
-    if (ret == -EINVAL && !probe().dmabuf_slots) {
-        iovec empty{nullptr, 0};  // the classic way to clear a slot
-        ret = io_uring_register_buffers_update_tag(ring_.get(), slot, &empty, nullptr, 1);
-    }
-    if (ret < 0) {
+    if (const int ret = dmabufio_clear_buffer(ring_.get(), slot); ret < 0) {
         throw_error(ret, "clear buffer slot " + std::to_string(slot));
     }
     slots_.at(slot) = {};
@@ -190,26 +193,30 @@ io_uring_sqe* BufferTable::prep(bool write, FixedFile file, unsigned slot, std::
 
 int BufferTable::read(FixedFile file, unsigned slot, std::uint64_t offset, unsigned len,
                       std::uint64_t dev_offset) {
-    prep(false, file, slot, offset, len, dev_offset, 0);
-    return ring_.submit_and_wait_one().second;
+    const std::uint64_t tag = ring_.sync_user_data();
+    prep(false, file, slot, offset, len, dev_offset, tag);
+    return ring_.wait_for(tag);
 }
 
 int BufferTable::write(FixedFile file, unsigned slot, std::uint64_t offset, unsigned len,
                        std::uint64_t dev_offset) {
-    prep(true, file, slot, offset, len, dev_offset, 0);
-    return ring_.submit_and_wait_one().second;
+    const std::uint64_t tag = ring_.sync_user_data();
+    prep(true, file, slot, offset, len, dev_offset, tag);
+    return ring_.wait_for(tag);
 }
 
 int BufferTable::read(int fd, unsigned slot, std::uint64_t offset, unsigned len,
                       std::uint64_t dev_offset) {
-    prep(false, fd, slot, offset, len, dev_offset, 0);
-    return ring_.submit_and_wait_one().second;
+    const std::uint64_t tag = ring_.sync_user_data();
+    prep(false, fd, slot, offset, len, dev_offset, tag);
+    return ring_.wait_for(tag);
 }
 
 int BufferTable::write(int fd, unsigned slot, std::uint64_t offset, unsigned len,
                        std::uint64_t dev_offset) {
-    prep(true, fd, slot, offset, len, dev_offset, 0);
-    return ring_.submit_and_wait_one().second;
+    const std::uint64_t tag = ring_.sync_user_data();
+    prep(true, fd, slot, offset, len, dev_offset, tag);
+    return ring_.wait_for(tag);
 }
 
 }  // namespace dmabufio

@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <fstream>
+#include <string>
 #include <utility>
 
 #include "dmabufio/error.hpp"
@@ -96,6 +98,8 @@ const char* to_string(Exporter e) {
             return "heap";
         case Exporter::kTest:
             return "test";
+        case Exporter::kAdopted:
+            return "adopted";
     }
     return "?";
 }
@@ -108,8 +112,32 @@ DmaBuf DmaBuf::allocate(Exporter exporter, std::size_t size) {
             return {heap(size), size, exporter};
         case Exporter::kTest:
             return {test_exporter(size), size, exporter};
+        case Exporter::kAdopted:
+            break;
     }
-    throw_error(EINVAL, "allocate a dma-buf from an unknown exporter");
+    throw_error(EINVAL, "allocate a dma-buf from an unknown exporter",
+                "take over a dma-buf from elsewhere with DmaBuf::adopt()");
+}
+
+DmaBuf DmaBuf::adopt(Fd fd) {
+    // Only dma-bufs have an exporter name in their fdinfo.
+    std::ifstream info("/proc/self/fdinfo/" + std::to_string(fd.get()));
+    std::string line;
+    bool dmabuf = false;
+    while (std::getline(info, line) && !dmabuf) {
+        dmabuf = line.starts_with("exp_name:");
+    }
+    if (!dmabuf) {
+        throw_error(EBADF, "adopt fd " + std::to_string(fd.get()) + " as a dma-buf",
+                    "it is not a dma-buf (no exp_name in its fdinfo): pass the fd an exporter "
+                    "gave (DMA_HEAP_IOCTL_ALLOC, UDMABUF_CREATE, a GPU driver's PRIME export)");
+    }
+    const off_t size = ::lseek(fd.get(), 0, SEEK_END);
+    if (size < 0 || ::lseek(fd.get(), 0, SEEK_SET) != 0) {
+        throw_error(errno, "find the size of dma-buf fd " + std::to_string(fd.get()),
+                    "lseek(SEEK_END) on a dma-buf needs Linux 3.19 or later");
+    }
+    return {std::move(fd), static_cast<std::size_t>(size), Exporter::kAdopted};
 }
 
 DmaBuf::DmaBuf(DmaBuf&& other) noexcept

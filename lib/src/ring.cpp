@@ -209,12 +209,17 @@ unsigned Ring::queued() const noexcept {
 }
 
 unsigned Ring::ready() const noexcept {
-    return io_uring_cq_ready(const_cast<io_uring*>(&ring_));  // reads only
+    return static_cast<unsigned>(set_aside_.size()) +
+           io_uring_cq_ready(const_cast<io_uring*>(&ring_));  // reads only
 }
 
 unsigned Ring::reap(std::span<Completion> out, unsigned wait_nr) {
     const auto want = static_cast<unsigned>(std::min<std::size_t>(wait_nr, out.size()));
     unsigned n = 0;
+    while (n < out.size() && !set_aside_.empty()) {
+        out[n++] = set_aside_.front();
+        set_aside_.pop_front();
+    }
     while (true) {
         io_uring_cqe* cqe = nullptr;
         unsigned head = 0;
@@ -238,6 +243,32 @@ std::pair<std::uint64_t, int> Ring::submit_and_wait_one() {
     Completion c;
     reap({&c, 1}, 1);
     return {c.user_data, c.res};
+}
+
+int Ring::wait_for(std::uint64_t user_data) { return wait_for_any(user_data, ~0ULL).res; }
+
+Completion Ring::wait_for_any(std::uint64_t tag, std::uint64_t mask) {
+    while (true) {
+        io_uring_cqe* cqe = nullptr;
+        unsigned head = 0;
+        unsigned seen = 0;
+        bool found = false;
+        Completion mine;
+        io_uring_for_each_cqe(&ring_, head, cqe) {
+            seen++;
+            if ((cqe->user_data & mask) == tag) {
+                found = true;
+                mine = {cqe->user_data, cqe->res};
+                break;
+            }
+            set_aside_.push_back({cqe->user_data, cqe->res});
+        }
+        io_uring_cq_advance(&ring_, seen);
+        if (found) {
+            return mine;
+        }
+        submit_and_wait(1);
+    }
 }
 
 io_uring_sqe* Ring::prep_read_fixed(int fd, void* addr, unsigned len, std::uint64_t offset,
@@ -273,25 +304,29 @@ io_uring_sqe* Ring::prep_write_fixed(FixedFile file, const void* addr, unsigned 
 }
 
 int Ring::read_fixed(int fd, void* addr, unsigned len, std::uint64_t offset, int buf_index) {
-    prep_read_fixed(fd, addr, len, offset, buf_index, 0);
-    return submit_and_wait_one().second;
+    const std::uint64_t tag = sync_user_data();
+    prep_read_fixed(fd, addr, len, offset, buf_index, tag);
+    return wait_for(tag);
 }
 
 int Ring::write_fixed(int fd, const void* addr, unsigned len, std::uint64_t offset, int buf_index) {
-    prep_write_fixed(fd, addr, len, offset, buf_index, 0);
-    return submit_and_wait_one().second;
+    const std::uint64_t tag = sync_user_data();
+    prep_write_fixed(fd, addr, len, offset, buf_index, tag);
+    return wait_for(tag);
 }
 
 int Ring::read_fixed(FixedFile file, void* addr, unsigned len, std::uint64_t offset,
                      int buf_index) {
-    prep_read_fixed(file, addr, len, offset, buf_index, 0);
-    return submit_and_wait_one().second;
+    const std::uint64_t tag = sync_user_data();
+    prep_read_fixed(file, addr, len, offset, buf_index, tag);
+    return wait_for(tag);
 }
 
 int Ring::write_fixed(FixedFile file, const void* addr, unsigned len, std::uint64_t offset,
                       int buf_index) {
-    prep_write_fixed(file, addr, len, offset, buf_index, 0);
-    return submit_and_wait_one().second;
+    const std::uint64_t tag = sync_user_data();
+    prep_write_fixed(file, addr, len, offset, buf_index, tag);
+    return wait_for(tag);
 }
 
 FixedFiles::FixedFiles(Ring& ring, std::span<const int> fds)

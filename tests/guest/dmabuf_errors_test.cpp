@@ -5,7 +5,6 @@
 #include <linux/nvme_ioctl.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,6 +17,7 @@
 
 #include "dmabufio/buffer_table.hpp"
 #include "dmabufio/dmabuf.hpp"
+#include "dmabufio/dmabufio.h"
 #include "dmabufio/file.hpp"
 #include "dmabufio/ring.hpp"
 #include "guest_util.hpp"
@@ -48,9 +48,7 @@ int update_with_flags(int ring_fd, unsigned slot, std::uint32_t flags,
     up.resv = flags;
     up.data = reinterpret_cast<std::uintptr_t>(d);
     up.nr = 1;
-    const long r =
-        ::syscall(__NR_io_uring_register, ring_fd, IORING_REGISTER_BUFFERS_UPDATE, &up, sizeof(up));
-    return r < 0 ? -errno : static_cast<int>(r);
+    return dmabufio_register_raw(ring_fd, IORING_REGISTER_BUFFERS_UPDATE, &up, sizeof(up));
 }
 
 class Errors : public testing::Test {
@@ -195,8 +193,8 @@ TEST(CloneBuffers, CloneSharesTheDmaBufSlot) {
     Ring dst(4);
     CloneBuffers arg{};
     arg.src_fd = static_cast<std::uint32_t>(src->fd());
-    const long r = ::syscall(__NR_io_uring_register, dst.fd(), kRegisterCloneBuffers, &arg, 1);
-    ASSERT_EQ(r, 0) << "IORING_REGISTER_CLONE_BUFFERS: " << std::strerror(errno);
+    const int r = dmabufio_register_raw(dst.fd(), kRegisterCloneBuffers, &arg, 1);
+    ASSERT_EQ(r, 0) << "IORING_REGISTER_CLONE_BUFFERS: " << std::strerror(-r);
     src_table.reset();  // the original ring's slots go
     src.reset();
 

@@ -47,6 +47,7 @@
 
 #include "dmabufio/buffer_table.hpp"
 #include "dmabufio/dmabuf.hpp"
+#include "dmabufio/dmabufio.h"
 #include "dmabufio/error.hpp"
 #include "dmabufio/file.hpp"
 #include "dmabufio/ring.hpp"
@@ -94,8 +95,7 @@ std::string res_name(int res) {
 }
 
 long io_uring_register_raw(int fd, unsigned op, const void* arg, unsigned nr) {
-    const long r = ::syscall(__NR_io_uring_register, fd, op, arg, nr);
-    return r < 0 ? -errno : r;
+    return dmabufio_register_raw(fd, op, const_cast<void*>(arg), nr);
 }
 
 enum class Kind {

@@ -188,6 +188,36 @@ TEST(Ring, BatchSubmitAndReap) {
     EXPECT_EQ(ring.reap(out, 0), 0U);  // nothing ready, no wait
 }
 
+// The synchronous helpers wait for their own completion: with another completion already in the
+// CQ (a NOP) and another I/O still in flight (a 100 ms timeout), read_fixed() returns its own
+// result and data, and reap() then hands the other two to their owner, in order, exactly once.
+TEST(Ring, SyncHelpersTakeOnlyTheirOwnCompletion) {
+    Ring ring(8);
+    dmabufio::Fd fd = temp_file(1 << 20);
+    Buffers b(ring);
+    ASSERT_EQ(::pwrite(fd.get(), b.out.data(), 8192, 4096), 8192);
+    io_uring_sqe* nop = ring.sqe();
+    io_uring_prep_nop(nop);
+    nop->user_data = 7;
+    __kernel_timespec ts{0, 100'000'000};
+    io_uring_sqe* timeout = ring.sqe();
+    io_uring_prep_timeout(timeout, &ts, 0, 0);
+    timeout->user_data = 8;
+    ASSERT_EQ(ring.submit(), 2U);
+    EXPECT_EQ(ring.ready(), 1U);  // the NOP's completion is waiting in the CQ
+    EXPECT_EQ(ring.read_fixed(fd.get(), b.in.data(), 8192, 4096, 1), 8192);
+    EXPECT_EQ(b.in, b.out);
+    std::fill(b.in.begin(), b.in.end(), 0);
+    EXPECT_EQ(ring.read_fixed(FixedFile{0}, b.in.data(), 4096, 4096, 1), -EBADF);  // no files
+    std::array<Completion, 3> c{};
+    ASSERT_EQ(ring.reap(c, 2), 2U);
+    EXPECT_EQ(c[0].user_data, 7U);
+    EXPECT_EQ(c[0].res, 0);
+    EXPECT_EQ(c[1].user_data, 8U);
+    EXPECT_EQ(c[1].res, -ETIME);
+    EXPECT_EQ(ring.ready(), 0U);
+}
+
 TEST(Ring, ReapWaitsForAsManyAsAsked) {
     Ring ring(8);
     for (unsigned i = 0; i < 4; i++) {

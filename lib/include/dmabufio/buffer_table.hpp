@@ -24,6 +24,36 @@ Probe probe();
 enum class SlotKind { kEmpty, kUser, kDmaBuf, kUserMapping };
 const char* to_string(SlotKind k);
 
+class BufferTable;
+
+// One slot's registration, owned (RAII): the slot is cleared when the handle goes. With a tag, the
+// ring then posts a completion with user_data = tag and res 0 once no I/O uses the old buffer any
+// more (reap() hands it over; the synchronous helpers set it aside for reap()). The table must
+// outlive the handle.
+class Registration {
+  public:
+    Registration() = default;
+    Registration(const Registration&) = delete;
+    Registration& operator=(const Registration&) = delete;
+    Registration(Registration&& other) noexcept;
+    Registration& operator=(Registration&& other) noexcept;
+    ~Registration() { reset(); }
+
+    [[nodiscard]] bool valid() const noexcept { return table_ != nullptr; }
+    [[nodiscard]] unsigned slot() const noexcept { return slot_; }
+    [[nodiscard]] std::uint64_t tag() const noexcept { return tag_; }
+    // Clears the slot now (errors are impossible for a slot this handle filled; ignored).
+    void reset() noexcept;
+
+  private:
+    friend class BufferTable;
+    Registration(BufferTable* table, unsigned slot, std::uint64_t tag)
+        : table_(table), slot_(slot), tag_(tag) {}
+    BufferTable* table_ = nullptr;
+    unsigned slot_ = 0;
+    std::uint64_t tag_ = 0;
+};
+
 class BufferTable {
   public:
     // Registers an empty (sparse) table of `slots` slots on ring. Throws Error.
@@ -43,19 +73,25 @@ class BufferTable {
     // user memory instead. Returns the kind used; never falls back silently. Throws Error.
     SlotKind register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd,
                              bool allow_mmap_fallback = false);
+    // Registers the whole dma-buf against target_fd in the first empty slot and returns the
+    // owning handle; tag (0: none) is posted when the handle clears the slot. Throws Error
+    // (ENOSPC when every slot is taken).
+    Registration add_dmabuf(DmaBuf& buf, int target_fd, std::uint64_t tag = 0);
     // The fallback itself, explicitly: registers the dma-buf's CPU mapping (mmap) as ordinary user
     // memory in slot, on any kernel. I/O then maps pages per request like any fixed buffer, and
     // the exporter cannot move the memory under it. Returns kUserMapping. Throws Error.
     SlotKind register_dmabuf_mapping(unsigned slot, DmaBuf& buf);
     void clear(unsigned slot);
 
+    [[nodiscard]] Ring& ring() noexcept { return ring_; }
     [[nodiscard]] SlotKind kind(unsigned slot) const { return slots_.at(slot).kind; }
     // The `addr` an SQE gives for byte `offset` of the slot's buffer: the offset itself for a
     // dma-buf slot, a user address otherwise.
     [[nodiscard]] std::uint64_t addr(unsigned slot, std::uint64_t offset) const;
 
     // READ_FIXED/WRITE_FIXED of len bytes at byte `offset` of the slot, at dev_offset of fd.
-    // Returns the CQE result (bytes or -errno).
+    // They wait for their own completion: other I/O may be in flight on the ring (see
+    // Ring::wait_for()). Returns the CQE result (bytes or -errno).
     int read(int fd, unsigned slot, std::uint64_t offset, unsigned len, std::uint64_t dev_offset);
     int write(int fd, unsigned slot, std::uint64_t offset, unsigned len, std::uint64_t dev_offset);
     // Queues one without submitting (asynchronous form); user_data is the caller's. Returns the
@@ -72,6 +108,7 @@ class BufferTable {
                        unsigned len, std::uint64_t dev_offset, std::uint64_t user_data);
 
   private:
+    void register_dmabuf_tagged(unsigned slot, DmaBuf& buf, int target_fd, std::uint64_t tag);
     struct Slot {
         SlotKind kind = SlotKind::kEmpty;
         std::uint64_t base = 0;

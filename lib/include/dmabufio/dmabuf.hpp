@@ -14,6 +14,7 @@ enum class Exporter {
     kUdmabuf,  // /dev/udmabuf over a sealed memfd
     kHeap,     // /dev/dma_heap/system
     kTest,     // /dev/dmabuf_test (the test exporter: MOVE on demand)
+    kAdopted,  // any other dma-buf, taken over with DmaBuf::adopt()
 };
 // "udmabuf", "heap", "test" -> Exporter; throws Error(EINVAL) on anything else.
 Exporter parse_exporter(const std::string& name);
@@ -24,6 +25,9 @@ class DmaBuf {
     // Allocates size bytes (a multiple of the page size) from exporter. Throws Error with advice
     // (e.g. the udmabuf size limit, a missing heap).
     static DmaBuf allocate(Exporter exporter, std::size_t size);
+    // Takes ownership of any dma-buf fd (a GPU driver's, V4L2's, another process's): its size is
+    // lseek(fd, 0, SEEK_END). Throws Error(EBADF) if fd is not a dma-buf.
+    static DmaBuf adopt(Fd fd);
     // Takes ownership of an existing dma-buf fd of the given size.
     DmaBuf(Fd fd, std::size_t size, Exporter exporter)
         : fd_(std::move(fd)), size_(size), exporter_(exporter) {}

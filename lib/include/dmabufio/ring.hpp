@@ -6,6 +6,7 @@
 #include <sys/uio.h>
 
 #include <cstdint>
+#include <deque>
 #include <span>
 #include <string>
 #include <utility>
@@ -82,17 +83,32 @@ class Ring {
     unsigned submit_and_wait(unsigned wait_nr);
     // Batch reap: copies up to out.size() ready completions into out and marks them seen; waits
     // (submitting what is queued first) until at least min(wait_nr, out.size()) have been
-    // reaped. Returns the number copied.
+    // reaped. Completions that a synchronous helper set aside (see wait_for()) come first.
+    // Returns the number copied.
     unsigned reap(std::span<Completion> out, unsigned wait_nr = 0);
-    // SQEs queued but not yet submitted; completions ready in the CQ.
+    // SQEs queued but not yet submitted; completions ready (in the CQ or set aside).
     [[nodiscard]] unsigned queued() const noexcept;
     [[nodiscard]] unsigned ready() const noexcept;
 
-    // Submits what is queued and waits for one completion; returns its (user_data, res).
+    // Submits what is queued and waits for one completion, whichever; returns its (user_data,
+    // res).
     std::pair<std::uint64_t, int> submit_and_wait_one();
+    // Submits what is queued and waits for the completion whose user_data is `user_data`; returns
+    // its res. Other completions that arrive meanwhile are set aside, in order, for reap(): their
+    // owners still get them.
+    int wait_for(std::uint64_t user_data);
+    // The same for the first completion whose user_data & mask is tag.
+    Completion wait_for_any(std::uint64_t tag, std::uint64_t mask);
+    // A user_data for one synchronous I/O: the sync helpers below and BufferTable's tag their SQE
+    // with it and wait for that completion only. Values with the top 16 bits kSyncTag are
+    // reserved for them; give asynchronous I/O any other user_data.
+    static constexpr std::uint64_t kSyncTag = 0xd3abULL << 48;
+    static constexpr std::uint64_t kSyncTagMask = 0xffffULL << 48;
+    [[nodiscard]] std::uint64_t sync_user_data() noexcept { return kSyncTag | ++sync_seq_; }
 
     // READ_FIXED / WRITE_FIXED from/into `addr` (within slot buf_index), at `offset` on fd, run to
-    // completion. Returns the CQE result: bytes transferred or -errno, exactly as the kernel gave.
+    // completion: they wait for their own completion, so other I/O may be in flight on the ring.
+    // Returns the CQE result: bytes transferred or -errno, exactly as the kernel gave.
     int read_fixed(int fd, void* addr, unsigned len, std::uint64_t offset, int buf_index);
     int write_fixed(int fd, const void* addr, unsigned len, std::uint64_t offset, int buf_index);
     int read_fixed(FixedFile file, void* addr, unsigned len, std::uint64_t offset, int buf_index);
@@ -115,6 +131,8 @@ class Ring {
     io_uring ring_{};
     RingOptions options_;
     bool ring_fd_registered_ = false;
+    std::deque<Completion> set_aside_;  // others' completions seen by wait_for()
+    std::uint64_t sync_seq_ = 0;
 };
 
 // A fixed-file table registered on a ring (io_uring_register_files); unregistered on

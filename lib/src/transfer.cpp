@@ -1,0 +1,116 @@
+#include "dmabufio/transfer.hpp"
+
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <deque>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "dmabufio/error.hpp"
+
+namespace dmabufio {
+namespace {
+
+struct Piece {
+    std::uint64_t off = 0;  // within the transfer
+    std::uint64_t len = 0;
+};
+
+std::uint64_t run(bool write, BufferTable& table, const BlockFile& file, unsigned slot,
+                  std::uint64_t buf_offset, std::uint64_t file_offset, std::uint64_t len,
+                  TransferOptions o) {
+    const std::uint64_t max_req = o.max_request != 0 ? o.max_request : max_request_bytes(file);
+    const unsigned qd = std::max(1U, o.queue_depth);
+    Ring& ring = table.ring();
+    std::deque<Piece> todo;  // continuations of short transfers go first
+    std::vector<std::pair<std::uint64_t, Piece>> in_flight;  // (user_data, piece)
+    std::uint64_t next = 0;
+    std::uint64_t done = 0;
+    int err = 0;
+    std::string what;
+    while (done < len && (err == 0 || !in_flight.empty())) {
+        while (err == 0 && in_flight.size() < qd && (!todo.empty() || next < len)) {
+            Piece p;
+            if (!todo.empty()) {
+                p = todo.front();
+                todo.pop_front();
+            } else {
+                p = {next, std::min(max_req, len - next)};
+                next += p.len;
+            }
+            const std::uint64_t ud = ring.sync_user_data();
+            table.prep(write, file.fd(), slot, buf_offset + p.off, static_cast<unsigned>(p.len),
+                       file_offset + p.off, ud);
+            in_flight.emplace_back(ud, p);
+        }
+        const Completion c = ring.wait_for_any(Ring::kSyncTag, Ring::kSyncTagMask);
+        const auto it = std::find_if(in_flight.begin(), in_flight.end(),
+                                     [&](const auto& f) { return f.first == c.user_data; });
+        if (it == in_flight.end()) {
+            throw_error(EINVAL, "a large transfer met another synchronous I/O's completion",
+                        "a transfer needs its ring to itself until its future is ready");
+        }
+        const Piece p = it->second;
+        in_flight.erase(it);
+        if (c.res < 0 || (c.res == 0 && err == 0)) {
+            if (err == 0) {
+                err = c.res < 0 ? -c.res : EIO;
+                what = std::string(write ? "write" : "read") + " of " + std::to_string(p.len) +
+                       " bytes at " + std::to_string(file_offset + p.off) + " of " + file.path();
+                if (c.res == 0) {
+                    what += ": the file ended early";
+                }
+            }
+        } else if (static_cast<std::uint64_t>(c.res) < p.len) {
+            todo.push_back({p.off + static_cast<std::uint64_t>(c.res),
+                            p.len - static_cast<std::uint64_t>(c.res)});
+            done += static_cast<std::uint64_t>(c.res);
+        } else {
+            done += p.len;
+        }
+    }
+    if (err != 0) {
+        throw_error(err, what, io_advice(err, ring.options().iopoll));
+    }
+    return done;
+}
+
+}  // namespace
+
+std::uint32_t max_request_bytes(const BlockFile& file) {
+    struct stat st {};
+    if (::fstat(file.fd(), &st) != 0) {
+        throw_error(errno, "fstat " + file.path());
+    }
+    const dev_t dev = S_ISBLK(st.st_mode) ? st.st_rdev : st.st_dev;
+    const std::string sys =
+        "/sys/dev/block/" + std::to_string(major(dev)) + ":" + std::to_string(minor(dev));
+    for (const char* q : {"/queue/max_sectors_kb", "/../queue/max_sectors_kb"}) {
+        std::ifstream f(sys + q);
+        std::uint32_t kb = 0;
+        if (f >> kb && kb != 0) {
+            return kb * 1024;
+        }
+    }
+    return 1U << 20;
+}
+
+std::future<std::uint64_t> read(BufferTable& table, const BlockFile& file, unsigned slot,
+                                std::uint64_t buf_offset, std::uint64_t file_offset,
+                                std::uint64_t len, TransferOptions options) {
+    return std::async(std::launch::async, run, false, std::ref(table), std::cref(file), slot,
+                      buf_offset, file_offset, len, options);
+}
+
+std::future<std::uint64_t> write(BufferTable& table, const BlockFile& file, unsigned slot,
+                                 std::uint64_t buf_offset, std::uint64_t file_offset,
+                                 std::uint64_t len, TransferOptions options) {
+    return std::async(std::launch::async, run, true, std::ref(table), std::cref(file), slot,
+                      buf_offset, file_offset, len, options);
+}
+
+}  // namespace dmabufio
