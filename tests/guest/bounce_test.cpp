@@ -57,7 +57,12 @@ int attached_devices(ino_t ino) {
     bool ours = false;
     while (std::getline(f, line)) {
         std::istringstream fields(line);
-        std::string size, flags, mode, count, exp_name, inode;
+        std::string size;
+        std::string flags;
+        std::string mode;
+        std::string count;
+        std::string exp_name;
+        std::string inode;
         if (fields >> size >> flags >> mode >> count >> exp_name >> inode &&
             exp_name == "udmabuf") {
             ours = std::strtoull(inode.c_str(), nullptr, 10) == ino;

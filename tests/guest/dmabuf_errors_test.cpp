@@ -178,7 +178,8 @@ TEST(ErrorsUringCmd, FixedUringCmdOnADmaBufSlotIsEopnotsupp) {
 TEST(CloneBuffers, CloneSharesTheDmaBufSlot) {
     constexpr unsigned kRegisterCloneBuffers = 30;  // IORING_REGISTER_CLONE_BUFFERS
     struct CloneBuffers {
-        std::uint32_t src_fd, flags, pad[6];
+        std::uint32_t src_fd, flags;
+        std::array<std::uint32_t, 6> pad;
     };
     BlockFile dev(guest::kDevice);
     guest::Reference ref;

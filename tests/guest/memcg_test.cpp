@@ -90,7 +90,7 @@ TEST(Memcg, RemapAfterMoveIsChargedToTheRegisteringCgroup) {
     constexpr std::size_t kSize = kGiB;
     // nvme-pci's DMA address array: 8 bytes per 4 KiB page. Charges are counted in pages and
     // per-CPU stocks of 64 pages, so expect at least three quarters of it.
-    constexpr long long kArray = static_cast<long long>(kSize / (4 * kKiB) * 8);
+    constexpr auto kArray = static_cast<long long>(kSize / (4 * kKiB)) * 8;
     constexpr long long kMin = kArray * 3 / 4;
 
     // Everything but the registration happens outside the group.

@@ -699,11 +699,12 @@ TEST(MoveIopoll, MoveWithOwnPolledReadsInFlight) {
     o.iopoll = true;
     Ring ring(o);
     constexpr unsigned kReads = 8;
-    DmaBuf buf = DmaBuf::allocate(Exporter::kTest, kReads * 64 * kKiB);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kTest, std::size_t{kReads} * 64 * kKiB);
     BufferTable table(ring, 1);
     table.register_dmabuf(0, buf, dev.fd());
     for (unsigned i = 0; i < kReads; i++) {
-        table.prep(false, dev.fd(), 0, i * 64 * kKiB, 64 * kKiB, i * 64 * kKiB, i);
+        table.prep(false, dev.fd(), 0, std::size_t{i} * 64 * kKiB, 64 * kKiB,
+                   std::size_t{i} * 64 * kKiB, i);
     }
     ASSERT_EQ(io_uring_submit(ring.get()), static_cast<int>(kReads));
     const auto t0 = Clock::now();
@@ -741,7 +742,8 @@ TEST(MappedOnce, ExporterMapsCountedExactly) {
     DmaBuf buf = DmaBuf::allocate(Exporter::kTest, 4 * kMiB);
     const ExporterStats base = ExporterStats::now();
     const auto read = [&](BufferTable& table, unsigned i) {
-        ASSERT_EQ(table.read(dev.fd(), 0, (i % 1024) * 4 * kKiB, 4 * kKiB, i * 4 * kKiB),
+        ASSERT_EQ(table.read(dev.fd(), 0, std::size_t{i % 1024} * 4 * kKiB, 4 * kKiB,
+                             std::size_t{i} * 4 * kKiB),
                   static_cast<int>(4 * kKiB));
     };
     {

@@ -6,12 +6,13 @@
 // device goes away meanwhile.
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <limits.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -38,12 +39,12 @@ constexpr unsigned kDepth = 16;
 
 // The PCI address of nvme0's controller, e.g. "0000:00:03.0".
 std::string nvme0_pci_address() {
-    char buf[PATH_MAX] = {};
-    const ssize_t n = ::readlink("/sys/class/nvme/nvme0/device", buf, sizeof(buf) - 1);
+    std::array<char, PATH_MAX> buf{};
+    const ssize_t n = ::readlink("/sys/class/nvme/nvme0/device", buf.data(), buf.size() - 1);
     if (n <= 0) {
         return {};
     }
-    const std::string link(buf, static_cast<std::size_t>(n));
+    const std::string link(buf.data(), static_cast<std::size_t>(n));
     return link.substr(link.rfind('/') + 1);
 }
 
@@ -75,12 +76,13 @@ void remove_with_registrations(Remove remove, Restore restore) {
         BlockFile dev(guest::kDevice);
         Ring ring(2 * kDepth);
         BufferTable table(ring, 2);
-        DmaBuf ubuf = DmaBuf::allocate(Exporter::kUdmabuf, kDepth * 64 * kKiB);
-        DmaBuf tbuf = DmaBuf::allocate(Exporter::kTest, kDepth * 64 * kKiB);
+        DmaBuf ubuf = DmaBuf::allocate(Exporter::kUdmabuf, std::size_t{kDepth} * 64 * kKiB);
+        DmaBuf tbuf = DmaBuf::allocate(Exporter::kTest, std::size_t{kDepth} * 64 * kKiB);
         ASSERT_EQ(table.register_dmabuf(0, ubuf, dev.fd()), SlotKind::kDmaBuf);
         ASSERT_EQ(table.register_dmabuf(1, tbuf, dev.fd()), SlotKind::kDmaBuf);
         for (unsigned i = 0; i < kDepth; i++) {
-            table.prep(false, dev.fd(), i % 2, (i / 2) * 64 * kKiB, 64 * kKiB, 8 * kMiB, i);
+            table.prep(false, dev.fd(), i % 2, std::size_t{i / 2} * 64 * kKiB, 64 * kKiB, 8 * kMiB,
+                       i);
         }
         ASSERT_EQ(io_uring_submit(ring.get()), static_cast<int>(kDepth));
         ASSERT_NO_FATAL_FAILURE(remove());

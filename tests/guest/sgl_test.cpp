@@ -6,9 +6,12 @@
 // data pointer is built), so what this checks is that both constructions move the right bytes.
 #include <gtest/gtest.h>
 
+#include <array>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <utility>
 
 #include "dmabufio/buffer_table.hpp"
 #include "dmabufio/dmabuf.hpp"
@@ -45,7 +48,18 @@ std::string read_threshold() {
 // the later tests of the boot build their commands.
 struct ThresholdRestore {
     std::string saved;
-    ~ThresholdRestore() { guest::write_str(kThreshold, saved); }
+    explicit ThresholdRestore(std::string s) : saved(std::move(s)) {}
+    ThresholdRestore(const ThresholdRestore&) = delete;
+    ThresholdRestore& operator=(const ThresholdRestore&) = delete;
+    ThresholdRestore(ThresholdRestore&&) = delete;
+    ThresholdRestore& operator=(ThresholdRestore&&) = delete;
+    ~ThresholdRestore() {
+        try {
+            guest::write_str(kThreshold, saved);
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "cannot restore %s: %s\n", kThreshold.c_str(), e.what());
+        }
+    }
 };
 
 TEST(Sgl, TokenReadsWithPrpsAndSgls) {
@@ -65,10 +79,10 @@ TEST(Sgl, TokenReadsWithPrpsAndSgls) {
         std::size_t len;
     };
     // dma-buf offsets 512 bytes past a page: the first PRP has an offset, SGLs start mid-page
-    const Io ios[] = {{512, 4 * kKiB},
-                      {16 * kKiB + 512, 28 * kKiB},
-                      {64 * kKiB + 512, 32 * kKiB},
-                      {128 * kKiB + 512, 128 * kKiB}};
+    const std::array<Io, 4> ios = {{{512, 4 * kKiB},
+                                    {16 * kKiB + 512, 28 * kKiB},
+                                    {64 * kKiB + 512, 32 * kKiB},
+                                    {128 * kKiB + 512, 128 * kKiB}}};
     int reads = 0;
     for (const char* threshold : {"0", "4096", "32768"}) {
         SCOPED_TRACE(std::string("sgl_threshold=") + threshold);
