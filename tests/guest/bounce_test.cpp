@@ -184,12 +184,8 @@ TEST_F(Bounce, CpuDataSurvivesUnregister) {
     cpu_write(0, kBuf, 9);
     table_.clear(0);
     // io_uring may drop the registration a little later: wait until it has detached.
-    const auto t0 = std::chrono::steady_clock::now();
-    while (attached_devices(st.st_ino) != 0) {
-        ASSERT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10))
-            << "the registration did not detach from the dma-buf";
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
+    ASSERT_TRUE(guest::wait_until([&] { return attached_devices(st.st_ino) == 0; }, 10, 10))
+        << "the registration did not detach from the dma-buf";
     expect_model("after unregistering");
 }
 

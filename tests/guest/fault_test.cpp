@@ -82,14 +82,7 @@ bool wait_dmabuf_objects(long want) {
     if (want < 0) {
         return true;
     }
-    const auto t0 = Clock::now();
-    while (dmabuf_objects() != want) {
-        if (since(t0) > 30) {
-            return false;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return true;
+    return guest::wait_until([&] { return dmabuf_objects() == want; }, 30);
 }
 
 // The device region of one workload: old contents written first, new contents (patterns) in the
@@ -400,14 +393,8 @@ std::string read_sysfs(const std::string& path) {
 }
 
 bool wait_live(double timeout_s) {
-    const auto t0 = Clock::now();
-    while (read_sysfs("/sys/class/nvme/nvme0/state") != "live") {
-        if (since(t0) > timeout_s) {
-            return false;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return true;
+    return guest::wait_until([] { return read_sysfs("/sys/class/nvme/nvme0/state") == "live"; },
+                             timeout_s, 10);
 }
 
 // (d) controller resets and namespace rescans while verified I/O runs on dma-buf slots (as

@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
@@ -12,6 +13,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "dmabufio/fd.hpp"
 
@@ -51,6 +53,20 @@ inline void write_str(const std::string& path, const std::string& value) {
     if (!out) {
         throw std::runtime_error("cannot write '" + value + "' to " + path);
     }
+}
+
+// Polls `done` every `poll_ms` until it returns true (then true) or `seconds` have passed (then
+// false): for state the kernel reaches asynchronously (devices coming and going, deferred frees).
+template <typename Pred>
+bool wait_until(Pred done, double seconds, unsigned poll_ms = 20) {
+    const auto t0 = std::chrono::steady_clock::now();
+    while (!done()) {
+        if (std::chrono::steady_clock::now() - t0 > std::chrono::duration<double>(seconds)) {
+            return false;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(poll_ms));
+    }
+    return true;
 }
 
 inline void fill(std::uint8_t* p, std::size_t n, std::uint64_t seed) {

@@ -62,12 +62,9 @@ void format(std::uint32_t cdw10, bool want_integrity) {
     ASSERT_EQ(ret, 0) << "Format NVM cdw10 " << cdw10 << ": ioctl " << ret << " errno "
                       << std::strerror(errno);
     std::ofstream("/sys/class/nvme/nvme0/rescan_controller") << 1 << std::endl;
-    const auto t0 = std::chrono::steady_clock::now();
-    while ((integrity_format() != "none") != want_integrity) {
-        ASSERT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30))
-            << "integrity profile still '" << integrity_format() << "'";
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
+    ASSERT_TRUE(
+        guest::wait_until([&] { return (integrity_format() != "none") == want_integrity; }, 30, 50))
+        << "integrity profile still '" << integrity_format() << "'";
     std::printf("[          ] formatted (cdw10 %#x): integrity profile '%s'\n", cdw10,
                 integrity_format().c_str());
 }

@@ -77,12 +77,13 @@ class Cgroup {
 // vmalloc'ed array, per-CPU charge stocks); returns the last value read.
 template <typename Pred>
 long long wait_memory(Pred pred) {
-    const auto t0 = std::chrono::steady_clock::now();
-    long long v = memory_current();
-    while (!pred(v) && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5)) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        v = memory_current();
-    }
+    long long v = -1;
+    guest::wait_until(
+        [&] {
+            v = memory_current();
+            return pred(v);
+        },
+        5, 50);
     return v;
 }
 

@@ -49,14 +49,7 @@ std::string nvme0_pci_address() {
 }
 
 bool wait_for(const char* path, bool present, double seconds) {
-    const auto t0 = std::chrono::steady_clock::now();
-    while ((::access(path, F_OK) == 0) != present) {
-        if (std::chrono::steady_clock::now() - t0 > std::chrono::duration<double>(seconds)) {
-            return false;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return true;
+    return guest::wait_until([&] { return (::access(path, F_OK) == 0) == present; }, seconds);
 }
 
 // Registers a udmabuf and a test-exporter dma-buf, puts kDepth reads in flight, lets `remove`
