@@ -45,7 +45,7 @@ check: kernel-debug userspace
 	ctest --test-dir $(HOST) -L guest -V -O build/check-guest.log >/dev/null || \
 		{ cat build/check-guest.log; echo "make check: a guest suite failed (above)"; exit 1; }
 	@grep -h -A1 -E 'Test +#' build/check-guest.log | grep -v '^--$$' | paste - -
-	@grep -h -E '\[   counts \]|bytes verified|kunit-results:|tests passed' build/check-guest.log || true
+	@grep -h -E '\[   counts \]|\[  large \]|bytes verified|kunit-results:|tests passed' build/check-guest.log || true
 
 bench: kernel-perf userspace
 	tools/bench/matrix

@@ -1,6 +1,11 @@
 #include "dmabufio/buffer_table.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <utility>
 
 #include "dmabufio/dmabufio.h"
@@ -41,8 +46,8 @@ const char* to_string(SlotKind k) {
             return "user memory";
         case SlotKind::kDmaBuf:
             return "dma-buf (pre-mapped)";
-        case SlotKind::kUserMapping:
-            return "dma-buf CPU mapping as user memory (fallback)";
+        case SlotKind::kCompat:
+            return "compat: O_DIRECT into host memory, copied through the dma-buf's CPU mapping";
     }
     return "?";
 }
@@ -65,22 +70,25 @@ void BufferTable::register_user(unsigned slot, void* addr, std::size_t len) {
         throw_error(ret, "register user memory in slot " + std::to_string(slot),
                     ret == -ENOMEM ? "raise RLIMIT_MEMLOCK (ulimit -l)" : "");
     }
-    slots_.at(slot) = {SlotKind::kUser, reinterpret_cast<std::uintptr_t>(addr)};
+    Slot& s = slots_.at(slot) = {};
+    s.kind = SlotKind::kUser;
+    s.base = reinterpret_cast<std::uintptr_t>(addr);
 }
 
 void BufferTable::register_dmabuf_tagged(unsigned slot, DmaBuf& buf, int target_fd,
                                          std::uint64_t tag) {
     const int ret = dmabufio_register_dmabuf(ring_.get(), slot, buf.fd(), target_fd, tag);
     if (ret == 0) {
-        slots_.at(slot) = {SlotKind::kDmaBuf, 0};
+        slots_.at(slot) = {};
+        slots_.at(slot).kind = SlotKind::kDmaBuf;
         return;
     }
     std::string advice = advice_for(-ret);
     if (ret == -EINVAL && !probe().dmabuf_slots) {
         advice =
             "this kernel lacks dma-buf registration (IORING_RSRC_UPDATE_EXTENDED); "
-            "opt in to the mmap fallback to register the dma-buf's CPU mapping as "
-            "ordinary user memory";
+            "boot a kernel with the dmabuf-io series, or opt in to compat mode "
+            "(Fallback::kCompat): reads into host memory copied through the dma-buf's CPU mapping";
     }
     throw_error(ret,
                 "register a " + std::string(to_string(buf.exporter())) + " dma-buf in slot " +
@@ -89,16 +97,16 @@ void BufferTable::register_dmabuf_tagged(unsigned slot, DmaBuf& buf, int target_
 }
 
 SlotKind BufferTable::register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd,
-                                      bool allow_mmap_fallback) {
+                                      Fallback fallback) {
     try {
         register_dmabuf_tagged(slot, buf, target_fd, 0);
         return SlotKind::kDmaBuf;
     } catch (const Error& e) {
-        if (e.err() != EINVAL || !allow_mmap_fallback || probe().dmabuf_slots) {
+        if (e.err() != EINVAL || fallback != Fallback::kCompat || probe().dmabuf_slots) {
             throw;
         }
     }
-    return register_dmabuf_mapping(slot, buf);
+    return register_dmabuf_compat(slot, buf, std::min(buf.size(), kCompatStagingBytes));
 }
 
 Registration BufferTable::add_dmabuf(DmaBuf& buf, int target_fd, std::uint64_t tag) {
@@ -136,26 +144,63 @@ void Registration::reset() noexcept {
     }
 }
 
-SlotKind BufferTable::register_dmabuf_mapping(unsigned slot, DmaBuf& buf) {
-    auto view = buf.map();
-    iovec iov{view.data(), view.size()};
+SlotKind BufferTable::register_dmabuf_compat(unsigned slot, const DmaBuf& buf,
+                                             std::size_t staging) {
+    const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    if (staging == 0) {
+        staging = std::min(buf.size(), kCompatStagingBytes);
+    }
+    if (staging == 0 || staging % page != 0) {
+        throw_error(EINVAL,
+                    "set up compat mode with " + std::to_string(staging) + " bytes of staging",
+                    "the staging size must be a nonzero multiple of the page size");
+    }
+    Slot s;
+    s.kind = SlotKind::kCompat;
+    s.dmabuf.emplace(Fd(::fcntl(buf.fd(), F_DUPFD_CLOEXEC, 0)), buf.size(), buf.exporter());
+    if (s.dmabuf->fd() < 0) {
+        throw_error(errno, "set up compat mode: dup the dma-buf fd");
+    }
+    s.dmabuf->map();  // now, so that copies from a transfer's thread only read the mapping
+    s.staging.reset(static_cast<std::uint8_t*>(std::aligned_alloc(page, staging)));
+    if (!s.staging) {
+        throw_error(ENOMEM, "set up compat mode: allocate " + std::to_string(staging) +
+                                " bytes of staging memory");
+    }
+    s.staging_len = staging;
+    s.base = reinterpret_cast<std::uintptr_t>(s.staging.get());
+    iovec iov{s.staging.get(), staging};
+    // The classic (non-extended) update: this works on every kernel with sparse tables.
     const int ret = io_uring_register_buffers_update_tag(ring_.get(), slot, &iov, nullptr, 1);
     if (ret < 0) {
-        std::string advice;
-        if (ret == -EFAULT || ret == -EOPNOTSUPP) {
-            advice = "the " + std::string(to_string(buf.exporter())) +
-                     " exporter's CPU mapping cannot be pinned as user memory (udmabuf and the "
-                     "system heap map PFNs, the test exporter's pages move); the mmap "
-                     "fallback needs an exporter whose mapping has pinnable pages";
-        } else if (ret == -ENOMEM) {
-            advice = "raise RLIMIT_MEMLOCK (ulimit -l)";
-        }
-        throw_error(ret, "register a dma-buf's CPU mapping in slot " + std::to_string(slot),
-                    advice);
+        throw_error(ret, "register compat staging memory in slot " + std::to_string(slot),
+                    ret == -ENOMEM ? "raise RLIMIT_MEMLOCK (ulimit -l)" : "");
     }
-    slots_.at(slot) = {SlotKind::kUser, reinterpret_cast<std::uintptr_t>(view.data())};
-    slots_.at(slot).kind = SlotKind::kUserMapping;
-    return SlotKind::kUserMapping;
+    slots_.at(slot) = std::move(s);
+    return SlotKind::kCompat;
+}
+
+void BufferTable::compat_copy(unsigned slot, std::uint64_t staging_offset, std::uint64_t buf_offset,
+                              std::uint64_t len, bool to_dmabuf) {
+    Slot& s = slots_.at(slot);
+    if (s.kind != SlotKind::kCompat) {
+        throw_error(EINVAL, "compat copy on slot " + std::to_string(slot),
+                    std::string("the slot holds ") + to_string(s.kind) + ", not compat mode");
+    }
+    if (staging_offset > s.staging_len || len > s.staging_len - staging_offset ||
+        buf_offset > s.dmabuf->size() || len > s.dmabuf->size() - buf_offset) {
+        throw_error(EFAULT, "compat copy of " + std::to_string(len) + " bytes",
+                    "the range lies outside the staging memory or the dma-buf");
+    }
+    std::uint8_t* staged = s.staging.get() + staging_offset;
+    std::uint8_t* mapped = s.dmabuf->map().data() + buf_offset;
+    s.dmabuf->begin_cpu_access(to_dmabuf);
+    if (to_dmabuf) {
+        std::memcpy(mapped, staged, len);
+    } else {
+        std::memcpy(staged, mapped, len);
+    }
+    s.dmabuf->end_cpu_access(to_dmabuf);
 }
 
 void BufferTable::clear(unsigned slot) {
@@ -191,32 +236,60 @@ io_uring_sqe* BufferTable::prep(bool write, FixedFile file, unsigned slot, std::
     return sqe;
 }
 
+int BufferTable::sync_io(bool write, int fd, bool fixed_file, unsigned slot, std::uint64_t offset,
+                         unsigned len, std::uint64_t dev_offset) {
+    auto one = [&](std::uint64_t addr_offset, unsigned n, std::uint64_t at) {
+        const std::uint64_t tag = ring_.sync_user_data();
+        io_uring_sqe* sqe = prep(write, fd, slot, addr_offset, n, at, tag);
+        if (fixed_file) {
+            sqe->flags |= IOSQE_FIXED_FILE;
+        }
+        return ring_.wait_for(tag);
+    };
+    if (slots_.at(slot).kind != SlotKind::kCompat) {
+        return one(offset, len, dev_offset);
+    }
+    // Compat: through the staging memory, in pieces of at most its size.
+    const std::size_t piece = slots_.at(slot).staging_len;
+    unsigned done = 0;
+    while (done < len) {
+        const auto n = static_cast<unsigned>(std::min<std::uint64_t>(piece, len - done));
+        if (write) {
+            compat_copy(slot, 0, offset + done, n, false);
+        }
+        const int res = one(0, n, dev_offset + done);
+        if (res < 0) {
+            return done != 0 ? static_cast<int>(done) : res;
+        }
+        if (!write && res > 0) {
+            compat_copy(slot, 0, offset + done, static_cast<unsigned>(res), true);
+        }
+        done += static_cast<unsigned>(res);
+        if (static_cast<unsigned>(res) < n) {
+            break;
+        }
+    }
+    return static_cast<int>(done);
+}
+
 int BufferTable::read(FixedFile file, unsigned slot, std::uint64_t offset, unsigned len,
                       std::uint64_t dev_offset) {
-    const std::uint64_t tag = ring_.sync_user_data();
-    prep(false, file, slot, offset, len, dev_offset, tag);
-    return ring_.wait_for(tag);
+    return sync_io(false, static_cast<int>(file.index), true, slot, offset, len, dev_offset);
 }
 
 int BufferTable::write(FixedFile file, unsigned slot, std::uint64_t offset, unsigned len,
                        std::uint64_t dev_offset) {
-    const std::uint64_t tag = ring_.sync_user_data();
-    prep(true, file, slot, offset, len, dev_offset, tag);
-    return ring_.wait_for(tag);
+    return sync_io(true, static_cast<int>(file.index), true, slot, offset, len, dev_offset);
 }
 
 int BufferTable::read(int fd, unsigned slot, std::uint64_t offset, unsigned len,
                       std::uint64_t dev_offset) {
-    const std::uint64_t tag = ring_.sync_user_data();
-    prep(false, fd, slot, offset, len, dev_offset, tag);
-    return ring_.wait_for(tag);
+    return sync_io(false, fd, false, slot, offset, len, dev_offset);
 }
 
 int BufferTable::write(int fd, unsigned slot, std::uint64_t offset, unsigned len,
                        std::uint64_t dev_offset) {
-    const std::uint64_t tag = ring_.sync_user_data();
-    prep(true, fd, slot, offset, len, dev_offset, tag);
-    return ring_.wait_for(tag);
+    return sync_io(true, fd, false, slot, offset, len, dev_offset);
 }
 
 }  // namespace dmabufio

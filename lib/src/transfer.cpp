@@ -18,13 +18,28 @@ namespace {
 struct Piece {
     std::uint64_t off = 0;  // within the transfer
     std::uint64_t len = 0;
+    unsigned region = 0;  // compat: the staging region it uses while in flight
 };
 
 std::uint64_t run(bool write, BufferTable& table, const BlockFile& file, unsigned slot,
                   std::uint64_t buf_offset, std::uint64_t file_offset, std::uint64_t len,
                   TransferOptions o) {
-    const std::uint64_t max_req = o.max_request != 0 ? o.max_request : max_request_bytes(file);
-    const unsigned qd = std::max(1U, o.queue_depth);
+    std::uint64_t max_req = o.max_request != 0 ? o.max_request : max_request_bytes(file);
+    unsigned qd = std::max(1U, o.queue_depth);
+    // Compat mode: each request in flight has its own region of the slot's staging memory; the
+    // bytes are copied from it into the dma-buf after a read, into it before a write.
+    const bool compat = table.kind(slot) == SlotKind::kCompat;
+    std::vector<unsigned> free_regions;
+    if (compat) {
+        const std::uint64_t block = file.logical_block_size();
+        const std::uint64_t staging = table.staging_bytes(slot);
+        qd = static_cast<unsigned>(
+            std::min<std::uint64_t>(qd, std::max<std::uint64_t>(1, staging / block)));
+        max_req = std::min(max_req, staging / qd / block * block);
+        for (unsigned r = qd; r-- > 0;) {
+            free_regions.push_back(r);
+        }
+    }
     Ring& ring = table.ring();
     std::deque<Piece> todo;  // continuations of short transfers go first
     std::vector<std::pair<std::uint64_t, Piece>> in_flight;  // (user_data, piece)
@@ -43,7 +58,16 @@ std::uint64_t run(bool write, BufferTable& table, const BlockFile& file, unsigne
                 next += p.len;
             }
             const std::uint64_t ud = ring.sync_user_data();
-            table.prep(write, file.fd(), slot, buf_offset + p.off, static_cast<unsigned>(p.len),
+            std::uint64_t addr_offset = buf_offset + p.off;
+            if (compat) {
+                p.region = free_regions.back();
+                free_regions.pop_back();
+                addr_offset = p.region * max_req;
+                if (write) {
+                    table.compat_copy(slot, addr_offset, buf_offset + p.off, p.len, false);
+                }
+            }
+            table.prep(write, file.fd(), slot, addr_offset, static_cast<unsigned>(p.len),
                        file_offset + p.off, ud);
             in_flight.emplace_back(ud, p);
         }
@@ -56,6 +80,13 @@ std::uint64_t run(bool write, BufferTable& table, const BlockFile& file, unsigne
         }
         const Piece p = it->second;
         in_flight.erase(it);
+        if (compat) {
+            if (!write && c.res > 0) {
+                table.compat_copy(slot, p.region * max_req, buf_offset + p.off,
+                                  static_cast<std::uint64_t>(c.res), true);
+            }
+            free_regions.push_back(p.region);
+        }
         if (c.res < 0 || (c.res == 0 && err == 0)) {
             if (err == 0) {
                 err = c.res < 0 ? -c.res : EIO;

@@ -50,29 +50,6 @@ long swiotlb_used() {
     return f ? slots : -1;
 }
 
-// Devices attached to the dma-buf with inode `ino` (debugfs dma_buf/bufinfo), -1 if not listed.
-int attached_devices(ino_t ino) {
-    std::ifstream f("/sys/kernel/debug/dma_buf/bufinfo");
-    std::string line;
-    bool ours = false;
-    while (std::getline(f, line)) {
-        std::istringstream fields(line);
-        std::string size;
-        std::string flags;
-        std::string mode;
-        std::string count;
-        std::string exp_name;
-        std::string inode;
-        if (fields >> size >> flags >> mode >> count >> exp_name >> inode &&
-            exp_name == "udmabuf") {
-            ours = std::strtoull(inode.c_str(), nullptr, 10) == ino;
-        } else if (ours && line.rfind("Total ", 0) == 0) {
-            return std::atoi(line.c_str() + 6);
-        }
-    }
-    return -1;
-}
-
 std::vector<std::uint8_t> pattern(std::size_t n, std::uint64_t seed) {
     std::vector<std::uint8_t> v(n);
     guest::fill(v.data(), n, seed);
@@ -178,13 +155,13 @@ TEST_F(Bounce, ParallelReadsToDisjointRanges) {
 TEST_F(Bounce, CpuDataSurvivesUnregister) {
     struct stat st {};
     ASSERT_EQ(::fstat(buf_.fd(), &st), 0);
-    ASSERT_EQ(attached_devices(st.st_ino), 1) << "the registration is not attached";
+    ASSERT_EQ(guest::attached_devices(st.st_ino), 1) << "the registration is not attached";
     ASSERT_EQ(table_.read(dev_.fd(), 0, 0, 8 * kKiB, kDisk), static_cast<int>(8 * kKiB));
     model_read(0, 8 * kKiB, 0);
     cpu_write(0, kBuf, 9);
     table_.clear(0);
     // io_uring may drop the registration a little later: wait until it has detached.
-    ASSERT_TRUE(guest::wait_until([&] { return attached_devices(st.st_ino) == 0; }, 10, 10))
+    ASSERT_TRUE(guest::wait_until([&] { return guest::attached_devices(st.st_ino) == 0; }, 10, 10))
         << "the registration did not detach from the dma-buf";
     expect_model("after unregistering");
 }

@@ -3,14 +3,17 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <random>
 #include <span>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -67,6 +70,31 @@ bool wait_until(Pred done, double seconds, unsigned poll_ms = 20) {
         std::this_thread::sleep_for(std::chrono::milliseconds(poll_ms));
     }
     return true;
+}
+
+// Devices attached to the dma-buf with inode `ino` (debugfs dma_buf/bufinfo), -1 if not listed.
+inline int attached_devices(ino_t ino) {
+    std::ifstream f("/sys/kernel/debug/dma_buf/bufinfo");
+    std::string line;
+    bool ours = false;
+    while (std::getline(f, line)) {
+        std::istringstream fields(line);
+        std::string size;
+        std::string flags;
+        std::string mode;
+        std::string count;
+        std::string exp_name;
+        std::string inode;
+        // A buffer's line starts with its size in digits (a fence's line, after a MOVE, with a
+        // word, and may have as many fields).
+        if (fields >> size >> flags >> mode >> count >> exp_name >> inode &&
+            size.find_first_not_of("0123456789") == std::string::npos) {
+            ours = std::strtoull(inode.c_str(), nullptr, 10) == ino;
+        } else if (ours && line.rfind("Total ", 0) == 0) {
+            return std::atoi(line.c_str() + 6);
+        }
+    }
+    return -1;
 }
 
 inline void fill(std::uint8_t* p, std::size_t n, std::uint64_t seed) {

@@ -1,7 +1,7 @@
 // libdmabufio on the series kernel: Ring options (IOPOLL on poll queues, SQPOLL, registered ring
-// fd), fixed files with dma-buf slots, batch submit/reap, the I/O helpers, the explicit mmap
-// fallback on a dma-buf, and MOVE through the library. Data is checked against the ordinary
-// O_DIRECT path (guest::Reference). Device region: [1 GiB, 1 GiB + 16 MiB).
+// fd), fixed files with dma-buf slots, batch submit/reap, the I/O helpers and MOVE through the
+// library. Data is checked against the ordinary O_DIRECT path (guest::Reference). Device region:
+// [1 GiB, 1 GiB + 16 MiB).
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -378,47 +378,6 @@ TEST(Library, IopollOnPollQueuesOrAdviceWithout) {
         EXPECT_EQ(c.res, static_cast<int>(64 * kKiB));
     }
     EXPECT_EQ(std::memcmp(user.data(), expect->data(), kMiB), 0);
-}
-
-// The explicit fallback on a real dma-buf: its CPU mapping registered as user memory. I/O lands
-// in the dma-buf's memory (seen through map()), and the slot says which path it is. None of the
-// lab's exporters allows it: udmabuf and the system heap map PFNs, and the test exporter's
-// mapping is VM_IO because its pages move (a pinned copy would go stale after a MOVE). So here
-// the error and its advice are checked; an exporter with pinnable pages takes the success path.
-TEST(Library, ExplicitMmapFallbackOnADmaBuf) {
-    for (Exporter e : {Exporter::kUdmabuf, Exporter::kHeap, Exporter::kTest}) {
-        SCOPED_TRACE(dmabufio::to_string(e));
-        BlockFile dev(guest::kDevice);
-        Ring ring(8);
-        const std::array<int, 1> fds{dev.fd()};
-        FixedFiles files(ring, fds);
-        auto expect = seed_device(kMiB, 41);
-        DmaBuf buf = DmaBuf::allocate(e, kMiB);
-        BufferTable table(ring, 2);
-        try {
-            ASSERT_EQ(table.register_dmabuf_mapping(1, buf), SlotKind::kUserMapping);
-        } catch (const dmabufio::Error& err) {
-            EXPECT_NE(std::string(err.what()).find("cannot be pinned"), std::string::npos)
-                << err.what();
-            std::printf("[          ] %s: %s\n", dmabufio::to_string(e), err.what());
-            continue;
-        }
-        EXPECT_EQ(table.kind(1), SlotKind::kUserMapping);
-        EXPECT_STREQ(dmabufio::to_string(table.kind(1)),
-                     "dma-buf CPU mapping as user memory (fallback)");
-        EXPECT_EQ(table.addr(1, 4096), reinterpret_cast<std::uintptr_t>(buf.map().data()) + 4096);
-        for (std::size_t off = 0; off < kMiB; off += 128 * kKiB) {
-            ASSERT_EQ(table.read(files[0], 1, off, 128 * kKiB, kDevBase + off),
-                      static_cast<int>(128 * kKiB));
-        }
-        buf.begin_cpu_access(false);
-        EXPECT_EQ(std::memcmp(buf.map().data(), expect->data(), kMiB), 0);
-        buf.end_cpu_access(false);
-        // On this kernel, opting in to the fallback does not take it: the slot is pre-mapped.
-        EXPECT_EQ(table.register_dmabuf(0, buf, dev.fd(), true), SlotKind::kDmaBuf);
-        table.clear(1);
-        EXPECT_EQ(table.kind(1), SlotKind::kEmpty);
-    }
 }
 
 // MOVE through the library (the exporter's device kept open): I/O after each MOVE still lands in

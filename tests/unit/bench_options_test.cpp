@@ -54,24 +54,13 @@ TEST(BenchOptions, DefaultsAreTIoUrings) {
 }
 
 TEST(BenchOptions, EveryFlag) {
-    const Options o = parse({"-d",       "64",
-                             "-s",       "16",
-                             "-c",       "4",
-                             "-b",       "131072",
-                             "-p",       "1",
-                             "-F",       "0",
-                             "-n",       "2",
-                             "-X",       "1",
-                             "-r",       "2.5",
-                             "-R",       "0",
-                             "-w",       "1",
-                             "--span",   "268435456",
-                             "--sqpoll", "--buffers",
-                             "dmabuf",   "--dmabuf",
-                             "test",     "--move-every",
-                             "10",       "--mmap-fallback",
-                             "--mark",   "/tmp/m",
-                             "--json",   "/dev/nvme1n1"});
+    const Options o =
+        parse({"-d",       "64",        "-s",     "16",       "-c",          "4",
+               "-b",       "131072",    "-p",     "1",        "-F",          "0",
+               "-n",       "2",         "-X",     "1",        "-r",          "2.5",
+               "-R",       "0",         "-w",     "1",        "--span",      "268435456",
+               "--sqpoll", "--buffers", "dmabuf", "--dmabuf", "test",        "--move-every",
+               "10",       "--mark",    "/tmp/m", "--json",   "/dev/nvme1n1"});
     EXPECT_EQ(o.depth, 64U);
     EXPECT_EQ(o.submit_batch, 16U);
     EXPECT_EQ(o.complete_batch, 4U);
@@ -88,10 +77,21 @@ TEST(BenchOptions, EveryFlag) {
     EXPECT_EQ(o.buffers, "dmabuf");
     EXPECT_EQ(o.exporter, Exporter::kTest);
     EXPECT_EQ(o.move_every_ms, 10U);
-    EXPECT_TRUE(o.mmap_fallback);
     EXPECT_EQ(o.mark, "/tmp/m");
     EXPECT_TRUE(o.json);
     EXPECT_EQ(o.device, "/dev/nvme1n1");
+}
+
+TEST(BenchOptions, CompatBuffersAreAKindAndTheOldFallbackFlagIsGone) {
+    EXPECT_EQ(parse({"--buffers", "compat", "--dmabuf", "heap", "/dev/x"}).buffers, "compat");
+    EXPECT_THROW(parse({"--mmap-fallback", "/dev/x"}), std::invalid_argument);
+    try {
+        parse({"--buffers", "bounce", "/dev/x"});
+        ADD_FAILURE() << "--buffers bounce was accepted";
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find("plain, fixed, dmabuf or compat"), std::string::npos)
+            << e.what();
+    }
 }
 
 TEST(BenchOptions, FixedBuffersFlagIsBuffersFixedOrPlain) {
@@ -117,7 +117,7 @@ TEST(BenchOptions, ErrorsSayWhatIsWrong) {
     EXPECT_NE(error({"-d", "0", "/dev/a"}).find("depth must be > 0"), std::string::npos);
     EXPECT_NE(error({"-b", "1000", "/dev/a"}).find("multiple of 512"), std::string::npos);
     EXPECT_NE(error({"-n", "0", "/dev/a"}).find("-n takes 1 to 64"), std::string::npos);
-    EXPECT_NE(error({"--buffers", "gpu", "/dev/a"}).find("plain, fixed or dmabuf"),
+    EXPECT_NE(error({"--buffers", "gpu", "/dev/a"}).find("plain, fixed, dmabuf or compat"),
               std::string::npos);
     EXPECT_NE(error({"--dmabuf", "gpu", "/dev/a"}).find("udmabuf, heap or test"),
               std::string::npos);

@@ -10,9 +10,10 @@
 //     -r SECONDS    runtime (5)                 -R 0|1     random offsets (1)
 //     -w 0|1        write instead of read (0)   --span BYTES  region of the device used (all)
 //     --sqpoll      a kernel thread submits (IORING_SETUP_SQPOLL)
-//     --buffers plain|fixed|dmabuf (fixed)      --dmabuf udmabuf|heap|test (udmabuf)
-//     --mmap-fallback  on a kernel without dma-buf slots, register the dma-buf's CPU mapping as
-//                      user memory (says so) instead of failing
+//     --buffers plain|fixed|dmabuf|compat (fixed) --dmabuf udmabuf|heap|test (udmabuf)
+//                   compat: the library's compat mode, what works without the series: each I/O
+//                   reads into registered host memory, then its bytes are copied into the dma-buf
+//                   through its CPU mapping (DMA_BUF_IOCTL_SYNC around the copy; before a write)
 //     --move-every MS  (--dmabuf test only) a mover thread MOVEs the dma-buf every MS ms and the
 //                      re-map latency is reported: MOVE ioctl return -> first completion of an
 //                      I/O submitted after that return (median, p99 over all moves)
@@ -168,6 +169,7 @@ void run_worker(const Options& o, Worker& w, int dev_fd, std::uint64_t blocks,
     const int fd = o.fixed_files ? 0 : dev_fd;
     const bool fixed = o.buffers == "fixed";
     const bool dmabuf = o.buffers == "dmabuf";
+    const bool compat = o.buffers == "compat";
     std::mt19937_64 gen(42 + w.id);
     std::uint64_t seq = blocks / o.threads * w.id;
     auto next_offset = [&] { return (o.random ? gen() % blocks : seq++ % blocks) * o.bs; };
@@ -179,16 +181,23 @@ void run_worker(const Options& o, Worker& w, int dev_fd, std::uint64_t blocks,
         io_uring_sqe* sqe = ring.sqe();
         const std::uint64_t off = next_offset();
         void* buf = nullptr;
+        const std::uint64_t slot_off = static_cast<std::uint64_t>(slot) * o.bs;
         if (dmabuf) {
-            // A dma-buf slot's address is the byte offset into the dma-buf (or, in the fallback,
-            // a user address); the table knows which.
+            // A dma-buf slot's address is the byte offset into the dma-buf.
             // NOLINTNEXTLINE(performance-no-int-to-ptr)
-            buf = reinterpret_cast<void*>(
-                w.table->addr(0, w.dma_base + static_cast<std::uint64_t>(slot) * o.bs));
+            buf = reinterpret_cast<void*>(w.table->addr(0, w.dma_base + slot_off));
+        } else if (compat) {
+            // Compat: the I/O addresses the slot's staging memory; a write's bytes come from the
+            // dma-buf first.
+            if (o.write) {
+                w.table->compat_copy(0, slot_off, w.dma_base + slot_off, o.bs, false);
+            }
+            // NOLINTNEXTLINE(performance-no-int-to-ptr)
+            buf = reinterpret_cast<void*>(w.table->addr(0, slot_off));
         } else {
             buf = w.mem->data() + static_cast<std::size_t>(slot) * o.bs;
         }
-        if (fixed || dmabuf) {
+        if (fixed || dmabuf || compat) {
             o.write ? io_uring_prep_write_fixed(sqe, fd, buf, o.bs, off, 0)
                     : io_uring_prep_read_fixed(sqe, fd, buf, o.bs, off, 0);
         } else {
@@ -235,6 +244,10 @@ void run_worker(const Options& o, Worker& w, int dev_fd, std::uint64_t blocks,
                                                    : "short I/O: check the device and block size");
             }
             const auto slot = static_cast<unsigned>(cqe->user_data);
+            if (compat && !o.write) {
+                const std::uint64_t slot_off = static_cast<std::uint64_t>(slot) * o.bs;
+                w.table->compat_copy(0, slot_off, w.dma_base + slot_off, o.bs, true);
+            }
             w.lat_ns.push_back(static_cast<std::uint32_t>(now - issued[slot]));
             if (moves != nullptr) {
                 moves->completed(move_gen[slot], now);
@@ -272,8 +285,9 @@ int run(const Options& o) {
     const std::size_t per_thread = static_cast<std::size_t>(o.depth) * o.bs;
     const std::size_t page = 4096;
     const bool dmabuf = o.buffers == "dmabuf";
+    const bool compat = o.buffers == "compat";
     std::optional<dmabufio::DmaBuf> dbuf;
-    if (dmabuf) {
+    if (dmabuf || compat) {
         // One dma-buf, each thread registers it once in its own ring and uses its own region.
         const std::size_t bytes = per_thread * o.threads;
         dbuf.emplace(dmabufio::DmaBuf::allocate(o.exporter, (bytes + page - 1) / page * page));
@@ -290,7 +304,12 @@ int run(const Options& o) {
         if (dmabuf) {
             w.table.emplace(*w.ring, 1);
             // Registered against the device's own file (the fixed file names the same file).
-            w.kind = w.table->register_dmabuf(0, *dbuf, dev.fd(), o.mmap_fallback);
+            w.kind = w.table->register_dmabuf(0, *dbuf, dev.fd());
+            w.dma_base = per_thread * t;
+        } else if (compat) {
+            w.table.emplace(*w.ring, 1);
+            w.kind =
+                w.table->register_dmabuf_compat(0, *dbuf, (per_thread + page - 1) / page * page);
             w.dma_base = per_thread * t;
         } else {
             w.mem = std::make_unique<Memory>(per_thread);
@@ -301,14 +320,8 @@ int run(const Options& o) {
         }
     }
     const char* path = "user memory";
-    if (dmabuf) {
+    if (dmabuf || compat) {
         path = dmabufio::to_string(workers[0].kind);
-        if (workers[0].kind != dmabufio::SlotKind::kDmaBuf) {
-            std::fprintf(stderr,
-                         "dmabufio-bench: %s; the kernel lacks dma-buf slots, so this measures "
-                         "ordinary fixed buffers over the dma-buf's memory\n",
-                         path);
-        }
     }
 
     std::atomic<bool> stop{false};

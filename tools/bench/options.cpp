@@ -41,14 +41,13 @@ bool boolean(const char* arg, const char* what) { return number(arg, what) != 0;
 
 Options parse_options(int argc, char** argv) {
     Options o;
-    enum { kBuffers = 1000, kJson, kSpan, kDmaBuf, kSqpoll, kMoveEvery, kFallback, kMark };
-    const std::array<option, 9> longopts{{{"buffers", required_argument, nullptr, kBuffers},
+    enum { kBuffers = 1000, kJson, kSpan, kDmaBuf, kSqpoll, kMoveEvery, kMark };
+    const std::array<option, 8> longopts{{{"buffers", required_argument, nullptr, kBuffers},
                                           {"dmabuf", required_argument, nullptr, kDmaBuf},
                                           {"json", no_argument, nullptr, kJson},
                                           {"span", required_argument, nullptr, kSpan},
                                           {"sqpoll", no_argument, nullptr, kSqpoll},
                                           {"move-every", required_argument, nullptr, kMoveEvery},
-                                          {"mmap-fallback", no_argument, nullptr, kFallback},
                                           {"mark", required_argument, nullptr, kMark},
                                           {nullptr, 0, nullptr, 0}}};
     optind = 0;  // a full getopt reset: parse_options() may run more than once (unit tests)
@@ -118,9 +117,6 @@ Options parse_options(int argc, char** argv) {
             case kMoveEvery:
                 o.move_every_ms = u32(optarg, "--move-every");
                 break;
-            case kFallback:
-                o.mmap_fallback = true;
-                break;
             case kMark:
                 o.mark = optarg;
                 break;
@@ -132,8 +128,9 @@ Options parse_options(int argc, char** argv) {
         usage("exactly one DEVICE is needed");
     }
     o.device = argv[optind];
-    if (o.buffers != "plain" && o.buffers != "fixed" && o.buffers != "dmabuf") {
-        usage("--buffers takes plain, fixed or dmabuf");
+    if (o.buffers != "plain" && o.buffers != "fixed" && o.buffers != "dmabuf" &&
+        o.buffers != "compat") {
+        usage("--buffers takes plain, fixed, dmabuf or compat");
     }
     if (o.depth == 0 || o.bs == 0 || o.bs % 512 != 0) {
         usage("depth must be > 0 and the block size a multiple of 512");

@@ -26,7 +26,6 @@ struct Options {
     std::uint64_t span = 0;
     std::string buffers = "fixed";
     Exporter exporter = Exporter::kUdmabuf;
-    bool mmap_fallback = false;
     unsigned move_every_ms = 0;
     bool json = false;
     std::string mark;  // --mark FILE: "start"/"stop" written there around the timed run

@@ -3,6 +3,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,10 +22,24 @@ struct Probe {
 };
 Probe probe();
 
-// How a slot holds its memory. kUserMapping is the explicit fallback: a dma-buf's CPU mapping
-// registered as ordinary user memory (per-I/O DMA mapping, but the same data).
-enum class SlotKind { kEmpty, kUser, kDmaBuf, kUserMapping };
+// How a slot holds its memory. kCompat is compat mode, for kernels without the dmabuf-io series:
+// the slot holds host staging memory, registered as an ordinary fixed buffer (so I/O to it is
+// plain O_DIRECT, DMA-mapped per request), and bytes are copied between the staging memory and
+// the dma-buf through the dma-buf's CPU mapping, bracketed with DMA_BUF_IOCTL_SYNC. It costs a
+// copy through the CPU per byte and a mapping per I/O (make bench's "compat" row), and works only
+// with exporters that can mmap. It is never taken unless asked for (Fallback::kCompat or
+// register_dmabuf_compat()), and the slot's kind says it was.
+enum class SlotKind { kEmpty, kUser, kDmaBuf, kCompat };
 const char* to_string(SlotKind k);
+
+// What register_dmabuf() may do when the kernel lacks dma-buf slots.
+enum class Fallback {
+    kNone,    // nothing: the registration fails (EINVAL, with advice)
+    kCompat,  // compat mode (SlotKind::kCompat)
+};
+
+// The staging memory of a compat slot when register_dmabuf() falls back: min(dma-buf size, this).
+inline constexpr std::size_t kCompatStagingBytes = std::size_t{16} << 20;
 
 class BufferTable;
 
@@ -69,29 +86,45 @@ class BufferTable {
 
     void register_user(unsigned slot, void* addr, std::size_t len);
     // Registers the whole dma-buf against target_fd (an O_DIRECT NVMe block device). If the kernel
-    // lacks dma-buf slots and allow_mmap_fallback is set, registers the dma-buf's CPU mapping as
-    // user memory instead. Returns the kind used; never falls back silently. Throws Error.
+    // lacks dma-buf slots and fallback is Fallback::kCompat, sets the slot up in compat mode
+    // instead (register_dmabuf_compat() with min(size, kCompatStagingBytes) of staging). Returns
+    // the kind used; never falls back unless asked to. Throws Error.
     SlotKind register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd,
-                             bool allow_mmap_fallback = false);
+                             Fallback fallback = Fallback::kNone);
     // Registers the whole dma-buf against target_fd in the first empty slot and returns the
     // owning handle; tag (0: none) is posted when the handle clears the slot. Throws Error
     // (ENOSPC when every slot is taken).
     Registration add_dmabuf(DmaBuf& buf, int target_fd, std::uint64_t tag = 0);
-    // The fallback itself, explicitly: registers the dma-buf's CPU mapping (mmap) as ordinary user
-    // memory in slot, on any kernel. I/O then maps pages per request like any fixed buffer, and
-    // the exporter cannot move the memory under it. Returns kUserMapping. Throws Error.
-    SlotKind register_dmabuf_mapping(unsigned slot, DmaBuf& buf);
+    // Compat mode, explicitly, on any kernel: the slot takes `staging` bytes of host memory (a
+    // multiple of the page size; 0: min(dma-buf size, kCompatStagingBytes)) registered as an
+    // ordinary fixed buffer, and keeps its own reference to the dma-buf and a CPU mapping of it.
+    // read()/write() and the large transfers (transfer.hpp) copy through the staging memory;
+    // prep() and addr() address the staging memory itself, and compat_copy() moves bytes between
+    // it and the dma-buf. Returns kCompat. Throws Error (the exporter cannot mmap, no memory,
+    // RLIMIT_MEMLOCK).
+    SlotKind register_dmabuf_compat(unsigned slot, const DmaBuf& buf, std::size_t staging = 0);
+    // Compat slots: copies len bytes between staging memory at staging_offset and the dma-buf at
+    // buf_offset (to_dmabuf: after a read; otherwise before a write), bracketed with
+    // DMA_BUF_IOCTL_SYNC. Throws Error (EINVAL: not a compat slot; EFAULT: out of range).
+    void compat_copy(unsigned slot, std::uint64_t staging_offset, std::uint64_t buf_offset,
+                     std::uint64_t len, bool to_dmabuf);
+    // A compat slot's staging size (0 for other kinds).
+    [[nodiscard]] std::size_t staging_bytes(unsigned slot) const {
+        return slots_.at(slot).staging_len;
+    }
     void clear(unsigned slot);
 
     [[nodiscard]] Ring& ring() noexcept { return ring_; }
     [[nodiscard]] SlotKind kind(unsigned slot) const { return slots_.at(slot).kind; }
     // The `addr` an SQE gives for byte `offset` of the slot's buffer: the offset itself for a
-    // dma-buf slot, a user address otherwise.
+    // dma-buf slot, a user address otherwise (for a compat slot, into its staging memory).
     [[nodiscard]] std::uint64_t addr(unsigned slot, std::uint64_t offset) const;
 
     // READ_FIXED/WRITE_FIXED of len bytes at byte `offset` of the slot, at dev_offset of fd.
     // They wait for their own completion: other I/O may be in flight on the ring (see
-    // Ring::wait_for()). Returns the CQE result (bytes or -errno).
+    // Ring::wait_for()). Returns the CQE result (bytes or -errno). On a compat slot, `offset` is
+    // the dma-buf's, and the bytes go through the staging memory (in pieces of at most its size;
+    // the result is the bytes moved before the first short or failed piece, or its -errno).
     int read(int fd, unsigned slot, std::uint64_t offset, unsigned len, std::uint64_t dev_offset);
     int write(int fd, unsigned slot, std::uint64_t offset, unsigned len, std::uint64_t dev_offset);
     // Queues one without submitting (asynchronous form); user_data is the caller's. Returns the
@@ -109,9 +142,18 @@ class BufferTable {
 
   private:
     void register_dmabuf_tagged(unsigned slot, DmaBuf& buf, int target_fd, std::uint64_t tag);
+    int sync_io(bool write, int fd, bool fixed_file, unsigned slot, std::uint64_t offset,
+                unsigned len, std::uint64_t dev_offset);
+    struct Free {
+        void operator()(std::uint8_t* p) const noexcept { std::free(p); }  // NOLINT
+    };
     struct Slot {
         SlotKind kind = SlotKind::kEmpty;
         std::uint64_t base = 0;
+        // compat mode: staging memory and the slot's own reference to the dma-buf (mapped)
+        std::unique_ptr<std::uint8_t, Free> staging;
+        std::size_t staging_len = 0;
+        std::optional<DmaBuf> dmabuf;
     };
     Ring& ring_;
     std::vector<Slot> slots_;

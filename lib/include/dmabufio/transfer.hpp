@@ -1,6 +1,7 @@
 // Large transfers: one call moves any number of bytes between a file range and a registered
 // buffer's range (a dma-buf slot or user memory), split at the device's largest request and
-// pipelined at a chosen queue depth.
+// pipelined at a chosen queue depth. On a compat slot (SlotKind::kCompat) each request in flight
+// has its own region of the staging memory, so requests are at most staging / queue_depth.
 #pragma once
 
 #include <cstdint>
