@@ -1,6 +1,7 @@
 #include "dmabufio/buffer_table.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,6 +14,8 @@
 
 namespace dmabufio {
 namespace {
+
+constexpr unsigned kMaxRw = 0x7ffff000;  // the kernel's MAX_RW_COUNT: the most one read moves
 
 std::string advice_for(int err) {
     switch (err) {
@@ -162,11 +165,14 @@ SlotKind BufferTable::register_dmabuf_compat(unsigned slot, const DmaBuf& buf,
         throw_error(errno, "set up compat mode: dup the dma-buf fd");
     }
     s.dmabuf->map();  // now, so that copies from a transfer's thread only read the mapping
-    s.staging.reset(static_cast<std::uint8_t*>(std::aligned_alloc(page, staging)));
-    if (!s.staging) {
-        throw_error(ENOMEM, "set up compat mode: allocate " + std::to_string(staging) +
-                                " bytes of staging memory");
+    void* mem =
+        ::mmap(nullptr, staging, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) {
+        throw_error(errno, "set up compat mode: allocate " + std::to_string(staging) +
+                               " bytes of staging memory");
     }
+    s.staging.reset(static_cast<std::uint8_t*>(mem),
+                    [staging](std::uint8_t* p) { ::munmap(p, staging); });
     s.staging_len = staging;
     s.base = reinterpret_cast<std::uintptr_t>(s.staging.get());
     iovec iov{s.staging.get(), staging};
@@ -250,19 +256,29 @@ int BufferTable::sync_io(bool write, int fd, bool fixed_file, unsigned slot, std
         return one(offset, len, dev_offset);
     }
     // Compat: through the staging memory, in pieces of at most its size.
-    const std::size_t piece = slots_.at(slot).staging_len;
+    const Slot& s = slots_.at(slot);
+    if (offset > s.dmabuf->size() || len > s.dmabuf->size() - offset) {
+        return -EFAULT;
+    }
+    len = std::min(len, kMaxRw);
+    const std::size_t piece = s.staging_len;
     unsigned done = 0;
     while (done < len) {
         const auto n = static_cast<unsigned>(std::min<std::uint64_t>(piece, len - done));
-        if (write) {
-            compat_copy(slot, 0, offset + done, n, false);
+        int res = 0;
+        try {
+            if (write) {
+                compat_copy(slot, 0, offset + done, n, false);
+            }
+            res = one(0, n, dev_offset + done);
+            if (!write && res > 0) {
+                compat_copy(slot, 0, offset + done, static_cast<unsigned>(res), true);
+            }
+        } catch (const Error& e) {
+            res = -e.err();
         }
-        const int res = one(0, n, dev_offset + done);
         if (res < 0) {
             return done != 0 ? static_cast<int>(done) : res;
-        }
-        if (!write && res > 0) {
-            compat_copy(slot, 0, offset + done, static_cast<unsigned>(res), true);
         }
         done += static_cast<unsigned>(res);
         if (static_cast<unsigned>(res) < n) {

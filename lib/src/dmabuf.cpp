@@ -185,8 +185,12 @@ std::span<std::uint8_t> DmaBuf::map() {
 namespace {
 void sync(int fd, __u64 flags) {
     dma_buf_sync s{flags};
-    if (::ioctl(fd, DMA_BUF_IOCTL_SYNC, &s) != 0) {
-        throw_error(errno, "DMA_BUF_IOCTL_SYNC");
+    // The dma-buf uapi: an interrupted wait for the exporter's fences is EINTR or EAGAIN, and the
+    // call is to be restarted.
+    while (::ioctl(fd, DMA_BUF_IOCTL_SYNC, &s) != 0) {
+        if (errno != EINTR && errno != EAGAIN) {
+            throw_error(errno, "DMA_BUF_IOCTL_SYNC");
+        }
     }
 }
 }  // namespace

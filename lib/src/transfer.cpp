@@ -31,6 +31,13 @@ std::uint64_t run(bool write, BufferTable& table, const BlockFile& file, unsigne
     const bool compat = table.kind(slot) == SlotKind::kCompat;
     std::vector<unsigned> free_regions;
     if (compat) {
+        if (buf_offset > table.compat_dmabuf_bytes(slot) ||
+            len > table.compat_dmabuf_bytes(slot) - buf_offset) {
+            throw_error(EFAULT,
+                        std::string(write ? "write" : "read") + " of " + std::to_string(len) +
+                            " bytes at " + std::to_string(buf_offset) + " of a compat slot",
+                        "the range lies outside the dma-buf");
+        }
         const std::uint64_t block = file.logical_block_size();
         const std::uint64_t staging = table.staging_bytes(slot);
         qd = static_cast<unsigned>(
@@ -47,7 +54,21 @@ std::uint64_t run(bool write, BufferTable& table, const BlockFile& file, unsigne
     std::uint64_t done = 0;
     int err = 0;
     std::string what;
-    while (done < len && (err == 0 || !in_flight.empty())) {
+    // A failed copy ends the transfer like a failed request: nothing more is queued, and what is
+    // in flight (into the staging memory) is waited for before the error is thrown.
+    auto copy = [&](const Piece& p, std::uint64_t n, bool to_dmabuf) {
+        try {
+            table.compat_copy(slot, p.region * max_req, buf_offset + p.off, n, to_dmabuf);
+            return true;
+        } catch (const Error& e) {
+            if (err == 0) {
+                err = e.err();
+                what = e.what();
+            }
+            return false;
+        }
+    };
+    while ((done < len && err == 0) || !in_flight.empty()) {
         while (err == 0 && in_flight.size() < qd && (!todo.empty() || next < len)) {
             Piece p;
             if (!todo.empty()) {
@@ -63,13 +84,17 @@ std::uint64_t run(bool write, BufferTable& table, const BlockFile& file, unsigne
                 p.region = free_regions.back();
                 free_regions.pop_back();
                 addr_offset = p.region * max_req;
-                if (write) {
-                    table.compat_copy(slot, addr_offset, buf_offset + p.off, p.len, false);
+                if (write && !copy(p, p.len, false)) {
+                    free_regions.push_back(p.region);
+                    break;
                 }
             }
             table.prep(write, file.fd(), slot, addr_offset, static_cast<unsigned>(p.len),
                        file_offset + p.off, ud);
             in_flight.emplace_back(ud, p);
+        }
+        if (in_flight.empty()) {
+            break;  // a copy failed before anything was queued
         }
         const Completion c = ring.wait_for_any(Ring::kSyncTag, Ring::kSyncTagMask);
         const auto it = std::find_if(in_flight.begin(), in_flight.end(),
@@ -81,11 +106,10 @@ std::uint64_t run(bool write, BufferTable& table, const BlockFile& file, unsigne
         const Piece p = it->second;
         in_flight.erase(it);
         if (compat) {
-            if (!write && c.res > 0) {
-                table.compat_copy(slot, p.region * max_req, buf_offset + p.off,
-                                  static_cast<std::uint64_t>(c.res), true);
-            }
             free_regions.push_back(p.region);
+            if (!write && c.res > 0 && !copy(p, static_cast<std::uint64_t>(c.res), true)) {
+                continue;
+            }
         }
         if (c.res < 0 || (c.res == 0 && err == 0)) {
             if (err == 0) {

@@ -87,10 +87,13 @@ TEST(LibraryCompat, ReadsAndWritesThroughStagingMemoryAreVerified) {
         buf.begin_cpu_access(true);
         std::memset(buf.map().data(), 0, kBuf);
         buf.end_cpu_access(true);
+        if (e == Exporter::kTest) {
+            buf.move();  // new pages: the slot's own mapping must copy into them
+        }
         const dmabufio::TransferOptions o{.queue_depth = 4};
         EXPECT_EQ(dmabufio::read(table, dev, 0, 0, kCompatBase, kLen, o).get(), kLen);
         if (e == Exporter::kTest) {
-            buf.move();  // new pages, contents kept: the slot's mapping must follow
+            buf.move();  // and again, contents kept, before the writes copy out of them
         }
         buf.begin_cpu_access(true);
         EXPECT_EQ(std::memcmp(buf.map().data(), expect.data(), kLen), 0);
@@ -119,24 +122,43 @@ TEST(LibraryCompat, ReadsAndWritesThroughStagingMemoryAreVerified) {
 }
 
 // Errors in compat mode keep their errno: a read past the end of the device is short, then 0
-// bytes; a misaligned one is EINVAL; copies outside the dma-buf are EFAULT.
+// bytes (a large read ending there is EIO after the bytes before the end were copied); a
+// misaligned one is EINVAL; ranges outside the dma-buf are EFAULT before any I/O.
 TEST(LibraryCompat, ErrorsAreTheOrdinaryPathsAndNothingIsCopiedOutOfRange) {
     BlockFile dev(guest::kDevice);
     DmaBuf buf = DmaBuf::allocate(Exporter::kHeap, kMiB);
     Ring ring(4);
     BufferTable table(ring, 1);
     ASSERT_EQ(table.register_dmabuf_compat(0, buf), SlotKind::kCompat);
-    EXPECT_EQ(table.staging_bytes(0), kMiB);  // min(dma-buf size, 16 MiB)
+    EXPECT_EQ(table.staging_bytes(0), kMiB);  // min(dma-buf size, 4 MiB)
     const std::uint64_t end = dev.size();
     EXPECT_EQ(table.read(dev.fd(), 0, 0, 64 * kKiB, end - 16 * kKiB), static_cast<int>(16 * kKiB));
     EXPECT_EQ(table.read(dev.fd(), 0, 0, 64 * kKiB, end), 0);
     EXPECT_EQ(table.read(dev.fd(), 0, 0, 4 * kKiB + 1, kCompatBase), -EINVAL);
+    EXPECT_EQ(table.read(dev.fd(), 0, kMiB - 4 * kKiB, 8 * kKiB, kCompatBase), -EFAULT);
+    EXPECT_EQ(table.write(dev.fd(), 0, kMiB, 4 * kKiB, kCompatBase), -EFAULT);
     try {
         table.compat_copy(0, 0, kMiB - 4 * kKiB, 8 * kKiB, true);
         ADD_FAILURE() << "copied past the end of the dma-buf";
     } catch (const dmabufio::Error& err) {
         EXPECT_EQ(err.err(), EFAULT);
     }
+    auto expect_throw = [](std::future<std::uint64_t> f, int errnum) {
+        try {
+            f.get();
+            ADD_FAILURE() << "the transfer succeeded";
+        } catch (const dmabufio::Error& err) {
+            EXPECT_EQ(err.err(), errnum) << err.what();
+        }
+    };
+    expect_throw(dmabufio::read(table, dev, 0, 4 * kKiB, kCompatBase, kMiB), EFAULT);
+    // The device's last 256 KiB then its end: EIO, and the 256 KiB are in the dma-buf.
+    guest::Memory tail(256 * kKiB);
+    guest::Reference().read(tail.data(), 256 * kKiB, end - 256 * kKiB);
+    expect_throw(dmabufio::read(table, dev, 0, 0, end - 256 * kKiB, kMiB, {.queue_depth = 4}), EIO);
+    buf.begin_cpu_access(false);
+    EXPECT_EQ(std::memcmp(buf.map().data(), tail.data(), 256 * kKiB), 0);
+    buf.end_cpu_access(false);
 }
 
 // The large-read API end to end at 1 GiB: the device region written with a pattern in which every

@@ -78,12 +78,12 @@ TEST(BufferTable, CompatIsTakenOnlyWhenAskedForOnAKernelWithoutTheSeries) {
     EXPECT_EQ(table.kind(0), dmabufio::SlotKind::kEmpty);
     EXPECT_EQ(table.register_dmabuf(0, buf, target, dmabufio::Fallback::kCompat),
               dmabufio::SlotKind::kCompat);
-    EXPECT_EQ(table.staging_bytes(0), dmabufio::kCompatStagingBytes);  // min(64 MiB, 16 MiB)
+    EXPECT_EQ(table.staging_bytes(0), dmabufio::kCompatStagingBytes);  // min(64 MiB, 4 MiB)
     EXPECT_STREQ(dmabufio::to_string(table.kind(0)),
                  "compat: O_DIRECT into host memory, copied through the dma-buf's CPU mapping");
     EXPECT_NE(table.addr(0, 0), 0U);  // the staging memory, a user address
     try {
-        table.compat_copy(0, 16 << 20, 0, 4096, true);
+        table.compat_copy(0, 4 << 20, 0, 4096, true);
         ADD_FAILURE() << "copied past the staging memory";
     } catch (const dmabufio::Error& e) {
         EXPECT_EQ(e.err(), EFAULT);

@@ -3,7 +3,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
@@ -39,7 +38,9 @@ enum class Fallback {
 };
 
 // The staging memory of a compat slot when register_dmabuf() falls back: min(dma-buf size, this).
-inline constexpr std::size_t kCompatStagingBytes = std::size_t{16} << 20;
+// Pinned as a fixed buffer, it counts against RLIMIT_MEMLOCK (commonly 8 MiB) for unprivileged
+// users.
+inline constexpr std::size_t kCompatStagingBytes = std::size_t{4} << 20;
 
 class BufferTable;
 
@@ -105,12 +106,17 @@ class BufferTable {
     SlotKind register_dmabuf_compat(unsigned slot, const DmaBuf& buf, std::size_t staging = 0);
     // Compat slots: copies len bytes between staging memory at staging_offset and the dma-buf at
     // buf_offset (to_dmabuf: after a read; otherwise before a write), bracketed with
-    // DMA_BUF_IOCTL_SYNC. Throws Error (EINVAL: not a compat slot; EFAULT: out of range).
+    // DMA_BUF_IOCTL_SYNC. Throws Error (EINVAL: not a compat slot; EFAULT: out of range; the
+    // sync's errno). A compat slot must not be cleared or replaced while a transfer on it runs.
     void compat_copy(unsigned slot, std::uint64_t staging_offset, std::uint64_t buf_offset,
                      std::uint64_t len, bool to_dmabuf);
-    // A compat slot's staging size (0 for other kinds).
+    // A compat slot's staging size and its dma-buf's size (0 for other kinds).
     [[nodiscard]] std::size_t staging_bytes(unsigned slot) const {
         return slots_.at(slot).staging_len;
+    }
+    [[nodiscard]] std::size_t compat_dmabuf_bytes(unsigned slot) const {
+        const Slot& s = slots_.at(slot);
+        return s.dmabuf ? s.dmabuf->size() : 0;
     }
     void clear(unsigned slot);
 
@@ -123,8 +129,10 @@ class BufferTable {
     // READ_FIXED/WRITE_FIXED of len bytes at byte `offset` of the slot, at dev_offset of fd.
     // They wait for their own completion: other I/O may be in flight on the ring (see
     // Ring::wait_for()). Returns the CQE result (bytes or -errno). On a compat slot, `offset` is
-    // the dma-buf's, and the bytes go through the staging memory (in pieces of at most its size;
-    // the result is the bytes moved before the first short or failed piece, or its -errno).
+    // the dma-buf's, and the bytes go through the staging memory, all of it (so no other I/O may
+    // use that slot meanwhile), in pieces of at most its size, len capped at 0x7ffff000 as the
+    // kernel caps one read; the result is the bytes moved before the first short or failed piece,
+    // or its -errno (-EFAULT if the range lies outside the dma-buf; a failed copy's errno).
     int read(int fd, unsigned slot, std::uint64_t offset, unsigned len, std::uint64_t dev_offset);
     int write(int fd, unsigned slot, std::uint64_t offset, unsigned len, std::uint64_t dev_offset);
     // Queues one without submitting (asynchronous form); user_data is the caller's. Returns the
@@ -144,14 +152,12 @@ class BufferTable {
     void register_dmabuf_tagged(unsigned slot, DmaBuf& buf, int target_fd, std::uint64_t tag);
     int sync_io(bool write, int fd, bool fixed_file, unsigned slot, std::uint64_t offset,
                 unsigned len, std::uint64_t dev_offset);
-    struct Free {
-        void operator()(std::uint8_t* p) const noexcept { std::free(p); }  // NOLINT
-    };
     struct Slot {
         SlotKind kind = SlotKind::kEmpty;
         std::uint64_t base = 0;
         // compat mode: staging memory and the slot's own reference to the dma-buf (mapped)
-        std::unique_ptr<std::uint8_t, Free> staging;
+        // (anonymous mmap, so that pages a late DMA still pins are never reused by malloc)
+        std::shared_ptr<std::uint8_t> staging;
         std::size_t staging_len = 0;
         std::optional<DmaBuf> dmabuf;
     };
