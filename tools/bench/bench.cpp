@@ -23,7 +23,9 @@
 //
 // Prints IOPS, bandwidth, latency percentiles (submission to completion, every I/O), CPU time per
 // I/O of this process (getrusage user+sys) and of the whole system (/proc/stat busy time: also
-// interrupts and kernel threads), and with --move-every the moves and re-map latencies.
+// interrupts and kernel threads), IOMMU maps, unmaps and IOTLB invalidations per I/O (system-wide
+// tracepoint counts, tools/bench/iommu_counters.hpp), and with --move-every the moves and re-map
+// latencies.
 #include <getopt.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -51,6 +53,7 @@
 #include "dmabufio/error.hpp"
 #include "dmabufio/file.hpp"
 #include "dmabufio/ring.hpp"
+#include "iommu_counters.hpp"
 #include "options.hpp"
 
 namespace {
@@ -337,7 +340,9 @@ int run(const Options& o) {
             std::ofstream(o.mark, std::ios::trunc) << what << '\n';
         }
     };
+    const dmabufio::bench::IommuCounters iommu;
     mark("start");
+    const dmabufio::bench::IommuCounts iommu0 = iommu.read();
     const double cpu0 = process_cpu_seconds();
     const double sys0 = system_busy_seconds();
     const auto t0 = Clock::now();
@@ -393,6 +398,7 @@ int run(const Options& o) {
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     const double cpu = process_cpu_seconds() - cpu0;
     const double sys = system_busy_seconds() - sys0;
+    const dmabufio::bench::IommuCounts iommu1 = iommu.read();
     mark("stop");
     for (const auto& w : workers) {
         if (!w.error.empty()) {
@@ -444,7 +450,21 @@ int run(const Options& o) {
     const double per_io = done != 0 ? 1e6 / static_cast<double>(done) : 0;
     ro.register_ring_fd = o.register_ring;
     const std::string ring_desc = dmabufio::describe(ro);
-    const char* exporter = dmabuf ? dmabufio::to_string(o.exporter) : "";
+    const char* exporter = dmabuf || compat ? dmabufio::to_string(o.exporter) : "";
+    // IOMMU operations per I/O (system-wide counts over the timed run; JSON null, text "n/a" where
+    // the counters are unavailable).
+    std::array<std::string, 3> iommu_per_io{"null", "null", "null"};
+    if (iommu.available() && done != 0) {
+        const std::array<std::uint64_t, 3> d{
+            iommu1.maps - iommu0.maps, iommu1.unmaps - iommu0.unmaps,
+            iommu1.iotlb_invalidations - iommu0.iotlb_invalidations};
+        for (std::size_t i = 0; i < d.size(); i++) {
+            std::array<char, 32> b{};
+            std::snprintf(b.data(), b.size(), "%.4f",
+                          static_cast<double>(d[i]) / static_cast<double>(done));
+            iommu_per_io[i] = b.data();
+        }
+    }
     if (o.json) {
         std::printf(
             "{\"buffers\": \"%s\", \"rw\": \"%s%s\", \"bs\": %u, \"qd\": %u, \"ios\": %llu, "
@@ -456,6 +476,10 @@ int run(const Options& o) {
             static_cast<unsigned long long>(done), secs, iops, mbps, p50, p99, p999, cpu * per_io,
             sys * per_io, o.threads, ring_desc.c_str(), o.fixed_files ? "true" : "false", exporter,
             path);
+        std::printf(
+            ", \"iommu_maps_per_io\": %s, \"iommu_unmaps_per_io\": %s, "
+            "\"iotlb_invalidations_per_io\": %s",
+            iommu_per_io[0].c_str(), iommu_per_io[1].c_str(), iommu_per_io[2].c_str());
         if (moves) {
             std::printf(
                 ", \"move_every_ms\": %u, \"moves\": %llu, \"moves_remapped\": %llu, "
@@ -470,12 +494,18 @@ int run(const Options& o) {
         std::printf(
             "%s%s%s %s%s bs=%u qd=%u threads=%u ring=%s: IOPS=%.0f BW=%.1fMB/s lat p50=%.1fus "
             "p99=%.1fus p99.9=%.1fus cpu/io=%.2fus (system %.2fus) (%llu I/Os in %.2fs)\n",
-            o.buffers.c_str(), dmabuf ? "/" : "", exporter, o.random ? "rand" : "seq",
+            o.buffers.c_str(), dmabuf || compat ? "/" : "", exporter, o.random ? "rand" : "seq",
             o.write ? "write" : "read", o.bs, o.depth, o.threads, ring_desc.c_str(), iops, mbps,
             p50, p99, p999, cpu * per_io, sys * per_io, static_cast<unsigned long long>(done),
             secs);
-        if (dmabuf) {
+        if (dmabuf || compat) {
             std::printf("  buffer path: %s\n", path);
+        }
+        if (iommu.available()) {
+            std::printf("  IOMMU per I/O: maps %s, unmaps %s, IOTLB invalidations %s\n",
+                        iommu_per_io[0].c_str(), iommu_per_io[1].c_str(), iommu_per_io[2].c_str());
+        } else {
+            std::printf("  IOMMU per I/O: not counted (%s)\n", iommu.why().c_str());
         }
         if (moves) {
             std::printf(

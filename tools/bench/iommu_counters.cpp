@@ -1,0 +1,82 @@
+#include "iommu_counters.hpp"
+
+#include <linux/perf_event.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+namespace dmabufio::bench {
+namespace {
+
+// The tracepoint's id from tracefs, or -1.
+long tracepoint_id(const std::string& event) {
+    for (const char* root : {"/sys/kernel/tracing/events/", "/sys/kernel/debug/tracing/events/"}) {
+        std::ifstream f(std::string(root) + event + "/id");
+        long id = -1;
+        if (f >> id) {
+            return id;
+        }
+    }
+    return -1;
+}
+
+}  // namespace
+
+IommuCounters::IommuCounters() {
+    struct Want {
+        const char* event;
+        int kind;
+    };
+    const std::array<Want, 5> wants{{{"iommu/map", 0},
+                                     {"iommu/unmap", 1},
+                                     {"intel_iommu/cache_tag_flush_range", 2},
+                                     {"intel_iommu/cache_tag_flush_range_np", 2},
+                                     {"intel_iommu/cache_tag_flush_all", 2}}};
+    const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+    for (const Want& w : wants) {
+        const long id = tracepoint_id(w.event);
+        if (id < 0) {
+            why_ = std::string("no tracepoint ") + w.event + " in tracefs";
+            events_.clear();
+            return;
+        }
+        Event e;
+        e.kind = w.kind;
+        for (long cpu = 0; cpu < cpus; cpu++) {
+            perf_event_attr attr{};
+            attr.type = PERF_TYPE_TRACEPOINT;
+            attr.size = sizeof(attr);
+            attr.config = static_cast<std::uint64_t>(id);
+            const long fd = ::syscall(SYS_perf_event_open, &attr, -1, static_cast<int>(cpu), -1,
+                                      PERF_FLAG_FD_CLOEXEC);
+            if (fd < 0) {
+                why_ = std::string("perf_event_open ") + w.event + ": " + std::strerror(errno);
+                events_.clear();
+                return;
+            }
+            e.per_cpu.emplace_back(static_cast<int>(fd));
+        }
+        events_.push_back(std::move(e));
+    }
+}
+
+IommuCounts IommuCounters::read() const {
+    IommuCounts c;
+    for (const Event& e : events_) {
+        std::uint64_t sum = 0;
+        for (const Fd& fd : e.per_cpu) {
+            std::uint64_t v = 0;
+            if (::read(fd.get(), &v, sizeof(v)) == static_cast<ssize_t>(sizeof(v))) {
+                sum += v;
+            }
+        }
+        (e.kind == 0 ? c.maps : e.kind == 1 ? c.unmaps : c.iotlb_invalidations) += sum;
+    }
+    return c;
+}
+
+}  // namespace dmabufio::bench
