@@ -1,6 +1,6 @@
 // dma-buf slots end to end (issue 3): registration against /dev/nvme0n1, READ_FIXED/WRITE_FIXED
 // at many offsets, lengths and queue depths, checked byte for byte against the ordinary O_DIRECT
-// path; every errno row of design.md; lifetime with I/O in flight.
+// path. (The errno rows and lifetime with I/O in flight: dmabuf_errors_test.cpp.)
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>

@@ -17,7 +17,9 @@
  *     EOPNOTSUPP  an opcode other than READ_FIXED/WRITE_FIXED, or the device gained integrity
  *                 metadata since registration;
  *     EFAULT      offset + len lies outside the dma-buf;
- *     EINVAL      offset or len is not aligned to the device's DMA alignment (logical block).
+ *     EINVAL      offset (into the dma-buf) is not aligned to the device's DMA alignment
+ *                 (queue/dma_alignment + 1), or len or the file offset is not a multiple of the
+ *                 device's logical block size.
  */
 #ifndef DMABUFIO_DMABUFIO_H
 #define DMABUFIO_DMABUFIO_H
