@@ -29,7 +29,9 @@ double median(std::vector<double> v) {
     return n % 2 != 0 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-const std::vector<std::string> kBuffers{"plain", "fixed", "dmabuf", "fio-fixed"};
+// fio-fixed and fio-dmabuf: the patched fio (tools/fio/build), registered user memory and
+// dmabuf=udmabuf (dmabufio-bench's default exporter), with the same batching.
+const std::vector<std::string> kBuffers{"plain", "fixed", "dmabuf", "fio-fixed", "fio-dmabuf"};
 
 // The MOVE comparison's runs (guest-matrix): "dmabuf-test" (no MOVE), "dmabuf-test-moveNms".
 bool is_move_run(const std::string& buffers) { return buffers.rfind("dmabuf-test", 0) == 0; }
@@ -184,7 +186,7 @@ int main(int argc, char** argv) {
              << "], \"iops_median\": " << static_cast<long long>(med[k]) << cpu_fields(k) << "}";
         sep = ",\n  ";
     }
-    // The MOVE comparison: its own list, so that "runs" keeps design.md's four buffer kinds.
+    // The MOVE comparison: its own list, so that "runs" keeps design.md's buffer kinds (and fio's).
     json << "\n], \"move_runs\": [";
     sep = "\n  ";
     for (const auto& [k, v] : runs) {
@@ -245,9 +247,16 @@ int main(int argc, char** argv) {
             const double fixed = lookup(m, "fixed", rw, bs);
             const double fio = lookup(m, "fio-fixed", rw, bs);
             const double dma = lookup(m, "dmabuf", rw, bs);
+            const double fio_dma = lookup(m, "fio-dmabuf", rw, bs);
             std::printf("  %-6s fixed/fio-fixed %.2f", m.c_str(), fio != 0 ? fixed / fio : 0.0);
             if (dma != 0 && fixed_pt != 0) {
                 std::printf("   dmabuf/fixed(pt) %.2f", dma / fixed_pt);
+            }
+            // The goal: fio's dma-buf path within 10 % of dmabufio-bench's, in the same boot.
+            if (dma != 0 && fio_dma != 0) {
+                const double r = fio_dma / dma;
+                std::printf("   fio-dmabuf/dmabuf %.2f%s", r,
+                            r < 0.9 || r > 1.1 ? " (outside 10 %)" : "");
             }
             std::printf("\n");
         }
