@@ -11,13 +11,14 @@
 // and the example); the job file reads DEV and DMABUF from the environment.
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <cctype>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -44,11 +45,11 @@ struct Exporter {
     const char* exp_name;  // the exporter's name in bufinfo (prefix)
 };
 
-const Exporter kExporters[] = {
+const std::array<Exporter, 3> kExporters = {{
     {"udmabuf", "/dev/udmabuf", "udmabuf"},
     {"heap", "/dev/dma_heap/system", "system"},
     {"test", "/dev/dmabuf_test", "dmabuf_test"},
-};
+}};
 
 // The PCI function behind the NVMe namespace (what dma-buf I/O attaches), e.g. "0000:00:04.0".
 std::string nvme_pci_function() {
@@ -113,12 +114,14 @@ FioRun run_fio(const Exporter& e, const std::string& nvme) {
         env.emplace_back(*v);
     }
     std::vector<char*> envp;
+    envp.reserve(env.size() + 1);
     for (auto& s : env) {
         envp.push_back(s.data());
     }
     envp.push_back(nullptr);
     std::vector<std::string> args = {fio, "--eta=never", job};
     std::vector<char*> argv;
+    argv.reserve(args.size() + 1);
     for (auto& s : args) {
         argv.push_back(s.data());
     }
