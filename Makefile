@@ -3,6 +3,7 @@
 #   make bench   the benchmark matrix on the perf kernel -> build/bench/results.json, iops.png
 #   make kernel  both kernel flavours + patched uapi headers in build/usr/include
 #   make vm      an interactive guest shell (debug kernel, strict IOMMU)
+#   make fio     Debian's fio with dma-buf buffers (tools/fio/series) -> build/fio/fio
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 JOBS ?= $(shell nproc)
@@ -12,9 +13,9 @@ HOST := build/host
 PACKAGES := build-essential flex bison bc libelf-dev libssl-dev cpio kmod dwarves rsync \
 	linux-source-6.12 qemu-system-x86 ccache git xz-utils zstd python3 \
 	cmake pkg-config liburing-dev googletest libgtest-dev fio gnuplot-nox \
-	clang-format clang-tidy
+	clang-format clang-tidy dpkg-dev
 
-.PHONY: all check bench kernel kernel-debug kernel-perf userspace vm deps lint clean
+.PHONY: all check bench kernel kernel-debug kernel-perf userspace fio vm deps lint clean
 
 all: userspace
 
@@ -39,7 +40,12 @@ userspace: deps
 	cmake -S . -B $(HOST) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	cmake --build $(HOST) -j $(JOBS)
 
-check: kernel-debug userspace
+# fio from Debian's source package (apt-get source, no root) with our patches; rebuilt when the
+# pinned version or a patch changes.
+fio: deps
+	JOBS=$(JOBS) tools/fio/build
+
+check: kernel-debug userspace fio
 	ctest --test-dir $(HOST) --output-on-failure -L unit
 	@echo "make check: guest suites; every boot's output goes to build/check-guest.log"
 	ctest --test-dir $(HOST) -L guest -V -O build/check-guest.log >/dev/null || \
@@ -47,7 +53,7 @@ check: kernel-debug userspace
 	@grep -h -A1 -E 'Test +#' build/check-guest.log | grep -v '^--$$' | paste - -
 	@grep -h -E '\[   counts \]|\[  large \]|bytes verified|kunit-results:|tests passed' build/check-guest.log || true
 
-bench: kernel-perf userspace
+bench: kernel-perf userspace fio
 	tools/bench/matrix
 
 vm: kernel-debug userspace
@@ -60,4 +66,4 @@ lint: userspace
 	clang-tidy -p $(HOST) --quiet $$(git ls-files '*.cpp' 'lib/*.c')
 
 clean:
-	rm -rf $(HOST) build/bench build/vm
+	rm -rf $(HOST) build/bench build/vm build/fio

@@ -29,7 +29,11 @@ double median(std::vector<double> v) {
     return n % 2 != 0 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-const std::vector<std::string> kBuffers{"plain", "fixed", "dmabuf", "fio-fixed"};
+// fio-fixed and fio-dmabuf: the patched fio (tools/fio/build), registered user memory and
+// dmabuf=udmabuf (dmabufio-bench's default exporter), with the same batching.
+// compat: the library's compat mode (O_DIRECT into host memory, copied into the dma-buf).
+const std::vector<std::string> kBuffers{"plain",  "fixed",     "dmabuf",
+                                        "compat", "fio-fixed", "fio-dmabuf"};
 
 // The MOVE comparison's runs (guest-matrix): "dmabuf-test" (no MOVE), "dmabuf-test-moveNms".
 bool is_move_run(const std::string& buffers) { return buffers.rfind("dmabuf-test", 0) == 0; }
@@ -158,6 +162,15 @@ int main(int argc, char** argv) {
         f.precision(2);
         f << ", \"cpu_us_per_io_median\": " << cpu
           << ", \"sys_cpu_us_per_io_median\": " << median_of(ex, "sys_cpu_us");
+        // IOMMU work per I/O (dmabufio-bench's tracepoint counters), median over repetitions.
+        f.precision(4);
+        for (const char* field :
+             {"iommu_maps_per_io", "iommu_unmaps_per_io", "iotlb_invalidations_per_io"}) {
+            if (!ex.empty() && ex.front().contains(field)) {
+                f << ", \"" << field << "\": " << median_of(ex, field);
+            }
+        }
+        f.precision(2);
         if (qemu.contains(k)) {
             f << ", \"qemu_cpu_us_per_io_median\": " << qemu_us_per_io(ex, qemu[k], "qemu_s")
               << ", \"qemu_vcpu_us_per_io_median\": " << qemu_us_per_io(ex, qemu[k], "vcpu_s")
@@ -184,7 +197,7 @@ int main(int argc, char** argv) {
              << "], \"iops_median\": " << static_cast<long long>(med[k]) << cpu_fields(k) << "}";
         sep = ",\n  ";
     }
-    // The MOVE comparison: its own list, so that "runs" keeps design.md's four buffer kinds.
+    // The MOVE comparison: its own list, so that "runs" keeps design.md's buffer kinds (and fio's).
     json << "\n], \"move_runs\": [";
     sep = "\n  ";
     for (const auto& [k, v] : runs) {
@@ -245,9 +258,16 @@ int main(int argc, char** argv) {
             const double fixed = lookup(m, "fixed", rw, bs);
             const double fio = lookup(m, "fio-fixed", rw, bs);
             const double dma = lookup(m, "dmabuf", rw, bs);
+            const double fio_dma = lookup(m, "fio-dmabuf", rw, bs);
             std::printf("  %-6s fixed/fio-fixed %.2f", m.c_str(), fio != 0 ? fixed / fio : 0.0);
             if (dma != 0 && fixed_pt != 0) {
                 std::printf("   dmabuf/fixed(pt) %.2f", dma / fixed_pt);
+            }
+            // The goal: fio's dma-buf path within 10 % of dmabufio-bench's, in the same boot.
+            if (dma != 0 && fio_dma != 0) {
+                const double r = fio_dma / dma;
+                std::printf("   fio-dmabuf/dmabuf %.2f%s", r,
+                            r < 0.9 || r > 1.1 ? " (outside 10 %)" : "");
             }
             std::printf("\n");
         }
@@ -276,19 +296,23 @@ int main(int argc, char** argv) {
                 if (!cpu_header) {
                     std::printf(
                         "\nCPU us per I/O (medians): guest bench process, whole guest; QEMU "
-                        "process = vCPU threads + main loop (NVMe + VT-d DMA) + other\n"
-                        "  %-16s %-7s %-7s %9s %9s %9s %9s %9s %9s\n",
+                        "process = vCPU threads + main loop (NVMe + VT-d DMA) + other; IOMMU "
+                        "maps, unmaps and IOTLB invalidations per I/O (guest tracepoints)\n"
+                        "  %-16s %-7s %-7s %9s %9s %9s %9s %9s %9s %7s %7s %7s\n",
                         "workload", "iommu", "buffers", "g-proc", "g-system", "qemu", "vcpu",
-                        "main", "other");
+                        "main", "other", "maps", "unmaps", "iotlb");
                     cpu_header = true;
                 }
                 const auto& ex = extras[*k];
                 const auto& q = qemu[*k];
-                std::printf("  %-16s %-7s %-7s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f\n",
-                            (rw + " " + std::to_string(bs / 1024) + "K").c_str(), m.c_str(),
-                            b.c_str(), median_of(ex, "cpu_us"), median_of(ex, "sys_cpu_us"),
-                            qemu_us_per_io(ex, q, "qemu_s"), qemu_us_per_io(ex, q, "vcpu_s"),
-                            qemu_us_per_io(ex, q, "main_s"), qemu_us_per_io(ex, q, "other_s"));
+                std::printf(
+                    "  %-16s %-7s %-7s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %7.3f %7.3f %7.3f\n",
+                    (rw + " " + std::to_string(bs / 1024) + "K").c_str(), m.c_str(), b.c_str(),
+                    median_of(ex, "cpu_us"), median_of(ex, "sys_cpu_us"),
+                    qemu_us_per_io(ex, q, "qemu_s"), qemu_us_per_io(ex, q, "vcpu_s"),
+                    qemu_us_per_io(ex, q, "main_s"), qemu_us_per_io(ex, q, "other_s"),
+                    median_of(ex, "iommu_maps_per_io"), median_of(ex, "iommu_unmaps_per_io"),
+                    median_of(ex, "iotlb_invalidations_per_io"));
             }
         }
     }
