@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cctype>
 #include <chrono>
@@ -60,28 +61,12 @@ std::string nvme_pci_function() {
 }
 
 // dma-bufs in debugfs bufinfo whose exporter name starts with exp_name and that have `device`
-// attached; -1 if bufinfo cannot be read.
+// attached.
 int attached(const std::string& exp_name, const std::string& device) {
-    std::ifstream f("/sys/kernel/debug/dma_buf/bufinfo");
-    if (!f) {
-        return -1;
-    }
-    std::string line;
-    bool ours = false;
     int n = 0;
-    while (std::getline(f, line)) {
-        // An object's line: size flags mode count exp_name ino name (numbers zero-padded); its
-        // attached devices follow, one a line after a tab.
-        std::istringstream fields(line);
-        std::string size;
-        std::string flags;
-        std::string mode;
-        std::string count;
-        std::string exp;
-        if (!line.empty() && std::isdigit(static_cast<unsigned char>(line[0])) != 0 &&
-            fields >> size >> flags >> mode >> count >> exp) {
-            ours = exp.rfind(exp_name, 0) == 0;
-        } else if (ours && line == "\t" + device) {
+    for (const guest::BufInfo& o : guest::bufinfo()) {
+        if (o.exp_name.rfind(exp_name, 0) == 0 &&
+            std::find(o.devices.begin(), o.devices.end(), device) != o.devices.end()) {
             n++;
         }
     }

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -17,6 +18,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "dmabufio/fd.hpp"
 
@@ -72,26 +74,43 @@ bool wait_until(Pred done, double seconds, unsigned poll_ms = 20) {
     return true;
 }
 
-// Devices attached to the dma-buf with inode `ino` (debugfs dma_buf/bufinfo), -1 if not listed.
-inline int attached_devices(ino_t ino) {
+// The dma-buf objects in debugfs dma_buf/bufinfo: each one's exporter name, inode and attached
+// devices. Empty if bufinfo cannot be read.
+struct BufInfo {
+    std::string exp_name;
+    unsigned long long ino = 0;
+    std::vector<std::string> devices;
+};
+inline std::vector<BufInfo> bufinfo() {
     std::ifstream f("/sys/kernel/debug/dma_buf/bufinfo");
+    std::vector<BufInfo> objs;
     std::string line;
-    bool ours = false;
     while (std::getline(f, line)) {
+        // An object's line: size flags mode count exp_name ino name, numbers zero-padded; then
+        // "\tAttached Devices:", a device a line after a tab, "Total N devices attached". A fence's
+        // line (after a MOVE) starts with a tab and a word.
         std::istringstream fields(line);
         std::string size;
         std::string flags;
         std::string mode;
         std::string count;
-        std::string exp_name;
-        std::string inode;
-        // A buffer's line starts with its size in digits (a fence's line, after a MOVE, with a
-        // word, and may have as many fields).
-        if (fields >> size >> flags >> mode >> count >> exp_name >> inode &&
-            size.find_first_not_of("0123456789") == std::string::npos) {
-            ours = std::strtoull(inode.c_str(), nullptr, 10) == ino;
-        } else if (ours && line.rfind("Total ", 0) == 0) {
-            return std::atoi(line.c_str() + 6);
+        BufInfo o;
+        if (!line.empty() && std::isdigit(static_cast<unsigned char>(line[0])) != 0 &&
+            fields >> size >> flags >> mode >> count >> o.exp_name >> o.ino) {
+            objs.push_back(std::move(o));
+        } else if (!objs.empty() && line.size() > 1 && line[0] == '\t' &&
+                   line.find(' ') == std::string::npos) {
+            objs.back().devices.push_back(line.substr(1));
+        }
+    }
+    return objs;
+}
+
+// Devices attached to the dma-buf with inode `ino`, -1 if it is not listed.
+inline int attached_devices(ino_t ino) {
+    for (const BufInfo& o : bufinfo()) {
+        if (o.ino == ino) {
+            return static_cast<int>(o.devices.size());
         }
     }
     return -1;
