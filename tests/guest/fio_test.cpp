@@ -7,6 +7,8 @@
 // dma-buf of that exporter with the NVMe's PCI function attached (the registration's mapping),
 // none before, and none once fio has exited. An exporter missing from the kernel fails its test.
 //
+// t/io_uring -E (patch 0003) reads through each exporter's dma-buf the same way, checked the same.
+//
 // DMABUFIO_FIO and DMABUFIO_FIO_JOB name another fio binary or job file (by default build/fio/fio
 // and the example); the job file reads DEV and DMABUF from the environment.
 #include <fcntl.h>
@@ -88,13 +90,11 @@ struct FioRun {
     double seconds = 0;
 };
 
-// Runs fio with the job file for exporter e, polling bufinfo until fio exits.
-FioRun run_fio(const Exporter& e, const std::string& nvme) {
-    const std::string fio = env_or("DMABUFIO_FIO", DMABUFIO_FIO_BINARY);
-    const std::string job = env_or("DMABUFIO_FIO_JOB", DMABUFIO_FIO_JOB_FILE);
-    const std::string log = "/tmp/fio-" + std::string(e.option) + ".log";
-    std::vector<std::string> env = {std::string("DEV=") + guest::kDevice,
-                                    std::string("DMABUF=") + e.option};
+// Runs args (output to log) in /tmp with env added to ours, polling bufinfo for exporter e's
+// dma-bufs attached to nvme until it exits.
+FioRun run_polled(std::vector<std::string> args, std::vector<std::string> env,
+                  const std::string& log, const Exporter& e, const std::string& nvme) {
+    const std::string fio = args.front();
     for (char** v = environ; *v != nullptr; v++) {
         env.emplace_back(*v);
     }
@@ -104,7 +104,6 @@ FioRun run_fio(const Exporter& e, const std::string& nvme) {
         envp.push_back(s.data());
     }
     envp.push_back(nullptr);
-    std::vector<std::string> args = {fio, "--eta=never", job};
     std::vector<char*> argv;
     argv.reserve(args.size() + 1);
     for (auto& s : args) {
@@ -148,6 +147,15 @@ FioRun run_fio(const Exporter& e, const std::string& nvme) {
     r.status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : -1;
     r.output = slurp(log);
     return r;
+}
+
+// Runs fio with the job file for exporter e, polling bufinfo until fio exits.
+FioRun run_fio(const Exporter& e, const std::string& nvme) {
+    const std::string fio = env_or("DMABUFIO_FIO", DMABUFIO_FIO_BINARY);
+    const std::string job = env_or("DMABUFIO_FIO_JOB", DMABUFIO_FIO_JOB_FILE);
+    return run_polled({fio, "--eta=never", job},
+                      {std::string("DEV=") + guest::kDevice, std::string("DMABUF=") + e.option},
+                      "/tmp/fio-" + std::string(e.option) + ".log", e, nvme);
 }
 
 void PrintTo(const Exporter& e, std::ostream* os) { *os << e.option; }
@@ -203,6 +211,42 @@ TEST_P(Fio, VerifiesThroughADmaBufAndTheNvmeMapsIt) {
         << slurp("/sys/kernel/debug/dma_buf/bufinfo");
     if (HasFailure() && !r.seen.empty()) {
         std::cout << "bufinfo while fio ran:\n" << r.seen;
+    }
+}
+
+// fio's benchmark, t/io_uring -E (patch 0003; DMABUFIO_T_IO_URING names another binary): 4 KiB
+// reads at depth 32 from the NVMe, the fixed buffers one dma-buf of the exporter registered for the
+// device. 2 s: t/io_uring prints the IOPS of each whole second but the last. bufinfo must show the
+// exporter's dma-buf attached to the NVMe while it runs, and none once it has exited.
+TEST_P(Fio, TIoUringReadsThroughEachExportersDmaBuf) {
+    const Exporter& e = GetParam();
+    ASSERT_TRUE(std::filesystem::exists(e.device)) << e.device << " missing";
+    const std::string nvme = nvme_pci_function();
+    ASSERT_EQ(attached(e.exp_name, nvme), 0)
+        << "a " << e.exp_name << " dma-buf is attached to " << nvme << " before t/io_uring runs";
+
+    const std::string bin = env_or("DMABUFIO_T_IO_URING", DMABUFIO_T_IO_URING_BINARY);
+    const FioRun r = run_polled(
+        {bin, "-E", e.option, "-B1", "-F1", "-p0", "-b4096", "-d32", "-r2", guest::kDevice}, {},
+        "/tmp/t-io_uring-" + std::string(e.option) + ".log", e, nvme);
+    std::cout << "[ t/io_uring ] -E " << e.option << ": exit " << r.status << ", " << r.max_attached
+              << " dma-buf(s) seen attached to " << nvme << "\n";
+    EXPECT_EQ(r.status, 0) << r.output;
+    const std::string line = std::string("dmabuf: ") + e.option + ", 1 slot(s)";
+    EXPECT_NE(r.output.find(line), std::string::npos)
+        << "no '" << line << "' line: the dma-buf path was not taken\n"
+        << r.output;
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(r.output, m, std::regex(R"(Maximum IOPS=([0-9.]+))")))
+        << r.output;
+    EXPECT_GT(std::stod(m[1].str()), 0) << r.output;
+    EXPECT_GE(r.max_attached, 1) << "no " << e.exp_name << " dma-buf attached to " << nvme
+                                 << " while t/io_uring ran (debugfs dma_buf/bufinfo)";
+    EXPECT_TRUE(guest::wait_until([&] { return attached(e.exp_name, nvme) == 0; }, 10))
+        << "a " << e.exp_name << " dma-buf still attached to " << nvme
+        << " after t/io_uring exited";
+    if (HasFailure() && !r.seen.empty()) {
+        std::cout << "bufinfo while t/io_uring ran:\n" << r.seen;
     }
 }
 
