@@ -1,20 +1,16 @@
-// Compat mode (SlotKind::kCompat) and a 1 GiB large read, both in the guest-iopoll boot only (the
-// Library* filter; excluded from the IOMMU-mode boots): neither depends on the IOMMU mode, and
-// both bracket CPU access to system-heap dma-bufs, which DMA API debugging can't follow there
-// (tests/guest/CMakeLists.txt).
+// Compat mode (SlotKind::kCompat), in the guest-iopoll boot only (the Library* filter; excluded
+// from the IOMMU-mode boots): it doesn't depend on the IOMMU mode, and it brackets CPU access to
+// system-heap dma-bufs, which DMA API debugging can't follow there (tests/guest/CMakeLists.txt).
 //
 // Compat mode is the path a kernel without the series takes: ordinary O_DIRECT fixed-buffer I/O
 // into host staging memory, then a copy through the dma-buf's CPU mapping. It is set up
 // explicitly here (this kernel has the series, so register_dmabuf() would not fall back; the
 // host unit test checks that choice on a kernel without it), and the test checks that the
 // dma-buf is never attached to the NVMe: no dma-buf registration is involved.
-// Device regions: compat [1 GiB + 64 MiB, 1 GiB + 96 MiB); the large read [2 GiB, 3 GiB).
+// Device region: [1 GiB + 64 MiB, 1 GiB + 96 MiB).
 #include <gtest/gtest.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 
-#include <array>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -159,82 +155,6 @@ TEST(LibraryCompat, ErrorsAreTheOrdinaryPathsAndNothingIsCopiedOutOfRange) {
     buf.begin_cpu_access(false);
     EXPECT_EQ(std::memcmp(buf.map().data(), tail.data(), 256 * kKiB), 0);
     buf.end_cpu_access(false);
-}
-
-// The large-read API end to end at 1 GiB: the device region written with a pattern in which every
-// 8 bytes name their own offset, read into a 1 GiB system-heap dma-buf in one call (split at the
-// device's largest request, 8 in flight), checked word by word through the CPU mapping. fio reads
-// the same region the same way (io_uring, that request size and depth), Debian's into fixed
-// buffers of host memory and the patched one into a dma-buf, for a side-by-side bandwidth
-// (printed; speed targets live in make bench).
-TEST(LibraryLarge, OneGiBReadIntoADmaBufIsVerified) {
-    constexpr std::uint64_t kBase = 2 * kGiB;
-    constexpr std::size_t kLen = kGiB;
-    constexpr std::size_t kChunk = 64 * kMiB;
-    constexpr std::uint64_t kSalt = 0x9e3779b97f4a7c15ULL;
-    BlockFile dev(guest::kDevice);
-    {
-        const guest::Reference ref;
-        guest::Memory chunk(kChunk);
-        for (std::uint64_t off = 0; off < kLen; off += kChunk) {
-            auto* w = reinterpret_cast<std::uint64_t*>(chunk.data());
-            for (std::size_t i = 0; i < kChunk / 8; i++) {
-                w[i] = (off + i * 8) ^ kSalt;
-            }
-            ref.write(chunk.data(), kChunk, kBase + off);
-        }
-    }
-    DmaBuf buf = DmaBuf::allocate(Exporter::kHeap, kLen);
-    Ring ring(16);
-    BufferTable table(ring, 1);
-    ASSERT_EQ(table.register_dmabuf(0, buf, dev.fd()), SlotKind::kDmaBuf);
-    const std::uint32_t req = dmabufio::max_request_bytes(dev);
-    const auto t0 = std::chrono::steady_clock::now();
-    EXPECT_EQ(dmabufio::read(table, dev, 0, 0, kBase, kLen, {.queue_depth = 8}).get(), kLen);
-    const double secs =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    buf.begin_cpu_access(false);
-    const auto* w = reinterpret_cast<const std::uint64_t*>(buf.map().data());
-    std::size_t bad = 0;
-    for (std::size_t i = 0; i < kLen / 8; i++) {
-        bad += static_cast<std::size_t>(w[i] != ((i * 8) ^ kSalt));
-    }
-    buf.end_cpu_access(false);
-    EXPECT_EQ(bad, 0U) << "words of the 1 GiB read that differ from the device";
-
-    // fio on the same region, same request size and depth: Debian's (fixed buffers in host
-    // memory) and the patched one with dmabuf=heap (make fio). --minimal: field 7 is KiB/s.
-    auto fio_mib_s = [&](const std::string& bin, const std::string& extra) {
-        const std::string cmd =
-            bin + " --name=large --filename=" + guest::kDevice +
-            " --ioengine=io_uring --fixedbufs=1 --direct=1 --rw=read --bs=" + std::to_string(req) +
-            " --iodepth=8 --offset=" + std::to_string(kBase) + " --size=" + std::to_string(kLen) +
-            extra + " --minimal 2>&1";
-        FILE* p = ::popen(cmd.c_str(), "r");
-        std::string out;
-        std::array<char, 4096> line{};
-        while (p != nullptr && std::fgets(line.data(), line.size(), p) != nullptr) {
-            out += line.data();
-        }
-        const int status = p != nullptr ? ::pclose(p) : -1;
-        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << cmd << "\n" << out;
-        const std::size_t terse = out.find("3;fio-");  // after the engine's own lines
-        std::vector<std::string> f;
-        for (std::size_t a = terse, b = 0; terse != std::string::npos && b != std::string::npos;
-             a = b + 1) {
-            b = out.find(';', a);
-            f.push_back(out.substr(a, b == std::string::npos ? b : b - a));
-        }
-        EXPECT_GT(f.size(), 7U) << cmd << "\n" << out;
-        return f.size() > 7 ? std::stod(f[6]) / 1024.0 : 0.0;
-    };
-    const double debian = fio_mib_s("fio", "");
-    const double patched = fio_mib_s(DMABUFIO_FIO_BINARY, " --dmabuf=heap --registerfiles=1");
-    std::printf(
-        "[  large ] 1 GiB read into a dma-buf, %u KiB requests, 8 in flight: %.1f MiB/s "
-        "(%.2f s); fio, same reads: %.1f MiB/s into host memory (Debian's), %.1f MiB/s "
-        "into a dma-buf (dmabuf=heap)\n",
-        req / 1024, 1024.0 / secs, secs, debian, patched);
 }
 
 }  // namespace
