@@ -2,6 +2,7 @@
 // schema), a table of medians and ratios on stdout, and build/bench/iops.png (gnuplot).
 //   dmabufio-bench-report OUTDIR MODE...
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -305,14 +306,23 @@ int main(int argc, char** argv) {
                 }
                 const auto& ex = extras[*k];
                 const auto& q = qemu[*k];
-                std::printf(
-                    "  %-16s %-7s %-7s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %7.3f %7.3f %7.3f\n",
-                    (rw + " " + std::to_string(bs / 1024) + "K").c_str(), m.c_str(), b.c_str(),
-                    median_of(ex, "cpu_us"), median_of(ex, "sys_cpu_us"),
-                    qemu_us_per_io(ex, q, "qemu_s"), qemu_us_per_io(ex, q, "vcpu_s"),
-                    qemu_us_per_io(ex, q, "main_s"), qemu_us_per_io(ex, q, "other_s"),
-                    median_of(ex, "iommu_maps_per_io"), median_of(ex, "iommu_unmaps_per_io"),
-                    median_of(ex, "iotlb_invalidations_per_io"));
+                // IOMMU counts: "n/a" where the kernel had no tracepoints to count them with.
+                auto per_io = [&](const char* field) {
+                    std::array<char, 16> c{};
+                    if (ex.empty() || !ex.front().contains(field)) {
+                        return std::string("n/a");
+                    }
+                    std::snprintf(c.data(), c.size(), "%.3f", median_of(ex, field));
+                    return std::string(c.data());
+                };
+                std::printf("  %-16s %-7s %-7s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %7s %7s %7s\n",
+                            (rw + " " + std::to_string(bs / 1024) + "K").c_str(), m.c_str(),
+                            b.c_str(), median_of(ex, "cpu_us"), median_of(ex, "sys_cpu_us"),
+                            qemu_us_per_io(ex, q, "qemu_s"), qemu_us_per_io(ex, q, "vcpu_s"),
+                            qemu_us_per_io(ex, q, "main_s"), qemu_us_per_io(ex, q, "other_s"),
+                            per_io("iommu_maps_per_io").c_str(),
+                            per_io("iommu_unmaps_per_io").c_str(),
+                            per_io("iotlb_invalidations_per_io").c_str());
             }
         }
     }
