@@ -6,9 +6,11 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <array>
 #include <cctype>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -18,6 +20,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "dmabufio/fd.hpp"
@@ -72,6 +75,21 @@ bool wait_until(Pred done, double seconds, unsigned poll_ms = 20) {
         std::this_thread::sleep_for(std::chrono::milliseconds(poll_ms));
     }
     return true;
+}
+
+// Runs cmd with sh (stderr joined to stdout); returns pclose()'s status (0: exited 0; -1: popen
+// failed) and the output.
+inline std::pair<int, std::string> run_command(const std::string& cmd) {
+    std::string out;
+    FILE* f = ::popen((cmd + " 2>&1").c_str(), "r");
+    if (f == nullptr) {
+        return {-1, "popen failed"};
+    }
+    std::array<char, 4096> chunk{};
+    while (std::fgets(chunk.data(), chunk.size(), f) != nullptr) {
+        out += chunk.data();
+    }
+    return {::pclose(f), out};
 }
 
 // The dma-buf objects in debugfs dma_buf/bufinfo: each one's exporter name, inode and attached

@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
-#include <array>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -38,14 +37,8 @@ double field(const std::string& json, const std::string& key) {
 
 PerIo bench(const std::string& buffers) {
     const std::string cmd = std::string(DMABUFIO_BENCH_BIN) + " --buffers " + buffers +
-                            " -d 8 -b 4096 -r 1 --span 67108864 --json " + guest::kDevice + " 2>&1";
-    FILE* p = ::popen(cmd.c_str(), "r");
-    std::string out;
-    std::array<char, 4096> b{};
-    while (p != nullptr && std::fgets(b.data(), b.size(), p) != nullptr) {
-        out += b.data();
-    }
-    const int status = p != nullptr ? ::pclose(p) : -1;
+                            " -d 8 -b 4096 -r 1 --span 67108864 --json " + guest::kDevice;
+    const auto [status, out] = guest::run_command(cmd);
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << cmd << "\n" << out;
     PerIo r;
     r.maps = field(out, "iommu_maps_per_io");

@@ -415,19 +415,6 @@ std::string fnv1a64(const std::uint8_t* p, std::size_t n) {
 }
 
 // Runs cmd, returns (exit status, stdout and stderr).
-std::pair<int, std::string> run_example(const std::string& cmd) {
-    std::string out;
-    FILE* f = ::popen((cmd + " 2>&1").c_str(), "r");
-    if (f == nullptr) {
-        return {-1, "popen failed"};
-    }
-    std::array<char, 256> chunk{};
-    while (std::fgets(chunk.data(), chunk.size(), f) != nullptr) {
-        out += chunk.data();
-    }
-    return {::pclose(f), out};
-}
-
 std::string installed_example(const char* name) {
     std::string path = std::string(DMABUFIO_INSTALL_TEST_DIR) + "/" + name;
     EXPECT_EQ(::access(path.c_str(), X_OK), 0)
@@ -440,8 +427,8 @@ TEST(LibraryExamples, CExampleReadsTheDeviceIntoADmaBuf) {
     const std::string bin = installed_example("read_to_dmabuf");
     auto expect = seed_device(2 * kMiB, 71);
     const auto [status, out] =
-        run_example(bin + " " + guest::kDevice + " " + std::to_string(2 * kMiB) + " " +
-                    std::to_string(kDevBase));
+        guest::run_command(bin + " " + guest::kDevice + " " + std::to_string(2 * kMiB) + " " +
+                           std::to_string(kDevBase));
     EXPECT_EQ(status, 0) << out;
     EXPECT_EQ(out, "read 2097152 bytes into the dma-buf; fnv1a64 " +
                        fnv1a64(expect->data(), 2 * kMiB) + "\n");
@@ -451,8 +438,8 @@ TEST(LibraryExamples, CxxExampleLoadsTheDeviceIntoADmaBufAndPrintsBandwidth) {
     const std::string bin = installed_example("cmake/load_file");
     auto expect = seed_device(8 * kMiB + 64 * kKiB, 73);  // not a multiple of the 1 MiB reads
     const auto [status, out] =
-        run_example(bin + " " + guest::kDevice + " " + std::to_string(8 * kMiB + 64 * kKiB) + " " +
-                    std::to_string(kDevBase) + " 4");
+        guest::run_command(bin + " " + guest::kDevice + " " + std::to_string(8 * kMiB + 64 * kKiB) +
+                           " " + std::to_string(kDevBase) + " 4");
     EXPECT_EQ(status, 0) << out;
     const std::string hash = fnv1a64(expect->data(), 8 * kMiB + 64 * kKiB);
     EXPECT_TRUE(out.starts_with("loaded 8454144 bytes in ")) << out;
@@ -511,14 +498,8 @@ TEST(LibraryLarge, OneGiBReadIntoADmaBufIsVerified) {
             bin + " --name=large --filename=" + guest::kDevice +
             " --ioengine=io_uring --fixedbufs=1 --direct=1 --rw=read --bs=" + std::to_string(req) +
             " --iodepth=8 --offset=" + std::to_string(kBase) + " --size=" + std::to_string(kLen) +
-            extra + " --minimal 2>&1";
-        FILE* p = ::popen(cmd.c_str(), "r");
-        std::string out;
-        std::array<char, 4096> line{};
-        while (p != nullptr && std::fgets(line.data(), line.size(), p) != nullptr) {
-            out += line.data();
-        }
-        const int status = p != nullptr ? ::pclose(p) : -1;
+            extra + " --minimal";
+        const auto [status, out] = guest::run_command(cmd);
         EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << cmd << "\n" << out;
         const std::size_t terse = out.find("3;fio-");  // after the engine's own lines
         std::vector<std::string> f;
