@@ -3,6 +3,8 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -23,7 +25,11 @@
 #include <utility>
 #include <vector>
 
+#include <sys/ioctl.h>
+
+#include "dmabufio/dmabuf.hpp"
 #include "dmabufio/fd.hpp"
+#include "dmabufio/uapi.h"
 
 namespace guest {
 
@@ -143,6 +149,89 @@ inline void fill(std::uint8_t* p, std::size_t n, std::uint64_t seed) {
     }
     for (; i < n; i++) {
         p[i] = static_cast<std::uint8_t>(gen());
+    }
+}
+
+// Memory cgroup accounting: a child cgroup this process can move into, and its memory.current.
+constexpr const char* kCgroupRoot = "/sys/fs/cgroup";
+constexpr const char* kCgroup = "/sys/fs/cgroup/dmabufio-memcg";
+
+inline long long memory_current() {
+    std::ifstream in(std::string(kCgroup) + "/memory.current");
+    long long v = -1;
+    in >> v;
+    return v;
+}
+
+// A child cgroup with the memory controller; the constructor moves this process into it, leave()
+// moves it back to the root (and so does the destructor, which also removes the group).
+class Cgroup {
+  public:
+    Cgroup() {
+        if (::access((std::string(kCgroupRoot) + "/cgroup.controllers").c_str(), F_OK) != 0 &&
+            ::mount("none", kCgroupRoot, "cgroup2", 0, nullptr) != 0) {
+            throw std::runtime_error("cannot mount cgroup2 on /sys/fs/cgroup");
+        }
+        write_str(std::string(kCgroupRoot) + "/cgroup.subtree_control", "+memory");
+        ::rmdir(kCgroup);
+        if (::mkdir(kCgroup, 0755) != 0) {
+            throw std::runtime_error("cannot create " + std::string(kCgroup));
+        }
+        write_str(std::string(kCgroup) + "/cgroup.procs", std::to_string(::getpid()));
+    }
+    Cgroup(const Cgroup&) = delete;
+    Cgroup& operator=(const Cgroup&) = delete;
+    ~Cgroup() {
+        try {
+            leave();
+        } catch (...) {  // NOLINT(bugprone-empty-catch): best effort in a destructor
+        }
+        ::rmdir(kCgroup);
+    }
+    static void leave() {
+        write_str(std::string(kCgroupRoot) + "/cgroup.procs", std::to_string(::getpid()));
+    }
+};
+
+// Polls memory.current until pred holds (charges and uncharges may lag a little: kvfree of a
+// vmalloc'ed array, per-CPU charge stocks); returns the last value read.
+template <typename Pred>
+long long wait_memory(Pred pred) {
+    long long v = -1;
+    wait_until(
+        [&] {
+            v = memory_current();
+            return pred(v);
+        },
+        5, 50);
+    return v;
+}
+
+// A test-exporter dma-buf of size bytes that repeats one 2 MiB chunk of memory
+// (DMABUF_TEST_CREATE_REPEAT): every 2 MiB of it is the same memory, so it may be far larger than
+// the guest's memory. Size: a multiple of 2 MiB.
+inline dmabufio::DmaBuf repeating_dmabuf(std::size_t size) {
+    const dmabufio::Fd dev(::open("/dev/dmabuf_test", O_RDWR | O_CLOEXEC));
+    if (!dev.valid()) {
+        throw std::runtime_error(std::string("open /dev/dmabuf_test: ") + std::strerror(errno));
+    }
+    dmabuf_test_create create{};
+    create.size = size;
+    create.flags = DMABUF_TEST_CREATE_REPEAT;
+    if (::ioctl(dev.get(), DMABUF_TEST_IOCTL_CREATE, &create) != 0) {
+        throw std::runtime_error("DMABUF_TEST_IOCTL_CREATE (repeat) of " + std::to_string(size) +
+                                 " bytes: " + std::strerror(errno));
+    }
+    return dmabufio::DmaBuf::adopt(dmabufio::Fd(create.fd));
+}
+
+// DMABUF_TEST_IOCTL_MOVE of a test-exporter dma-buf that the library adopted (and so can't move).
+inline void test_exporter_move(int dmabuf_fd) {
+    const dmabufio::Fd dev(::open("/dev/dmabuf_test", O_RDWR | O_CLOEXEC));
+    dmabuf_test_move move{};
+    move.fd = dmabuf_fd;
+    if (!dev.valid() || ::ioctl(dev.get(), DMABUF_TEST_IOCTL_MOVE, &move) != 0) {
+        throw std::runtime_error(std::string("DMABUF_TEST_IOCTL_MOVE: ") + std::strerror(errno));
     }
 }
 

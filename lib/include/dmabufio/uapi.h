@@ -43,6 +43,11 @@ struct dmabuf_test_move {
 #define DMABUF_TEST_IOCTL_CREATE _IOWR('D', 0x70, struct dmabuf_test_create)
 #define DMABUF_TEST_IOCTL_MOVE _IOW('D', 0x71, struct dmabuf_test_move)
 #endif
+#ifndef DMABUF_TEST_CREATE_REPEAT
+/* CREATE: one physically contiguous chunk repeated; the size may exceed memory. */
+#define DMABUF_TEST_CREATE_REPEAT (1U << 0)
+#define DMABUF_TEST_REPEAT_CHUNK (2U << 20)
+#endif
 #ifndef DMABUF_TEST_MOVE_NO_RESERVE
 /* MOVE without reserving the importers' fence slots: their move_notify must reserve (allocate). */
 #define DMABUF_TEST_MOVE_NO_RESERVE (1U << 0)
