@@ -767,6 +767,7 @@ TEST(Fault, StuckRequestDelaysInvalidationUntilItsTimeout) {
     std::vector<double> lat_ms;
     int other_bad = 0;
     std::atomic<bool> stop{false};
+    std::atomic<int> other_reads{0};
 
     double waited_ms = 0;
     int stuck_res = 0;
@@ -792,6 +793,7 @@ TEST(Fault, StuckRequestDelaysInvalidationUntilItsTimeout) {
                 lat_ms.push_back(
                     std::chrono::duration<double, std::milli>(Clock::now() - r0).count());
                 other_bad += r == static_cast<int>(64 * kKiB) ? 0 : 1;
+                other_reads++;
             }
         });
         const auto t0 = Clock::now();
@@ -800,6 +802,9 @@ TEST(Fault, StuckRequestDelaysInvalidationUntilItsTimeout) {
         auto [ud, res] = ring.submit_and_wait_one();
         EXPECT_EQ(ud, 1U);
         stuck_res = res;
+        // the other registration's reads go on after the reset: see a few of them
+        EXPECT_TRUE(guest::wait_until([&] { return other_reads.load() >= 3; }, 30))
+            << "reads through the other registration stopped";
         stop = true;
         other.join();
     }
@@ -814,7 +819,6 @@ TEST(Fault, StuckRequestDelaysInvalidationUntilItsTimeout) {
         "p50 %.1f ms, p99 %.1f ms, max %.1f ms\n",
         lat_ms.size(), pct(0.5), pct(0.99), pct(1.0));
     EXPECT_EQ(other_bad, 0) << "reads through the other registration failed";
-    EXPECT_GT(lat_ms.size(), 1U);
     std::printf(
         "[   counts ] stuck request: MOVE waited %.0f ms (io_timeout %u ms); the stuck read "
         "completed with %d\n",

@@ -734,8 +734,9 @@ bool wait_maps_balanced(const ExporterStats& base) {
 }
 
 // The point of the feature, counted at the exporter: registration maps the dma-buf once, I/O
-// without moves maps nothing more, a move costs exactly one re-map (by the next I/O), moves with
-// no I/O between them cost one between them, and at teardown every map has been unmapped.
+// without moves maps nothing more, a move costs exactly one re-map (made right after the move when
+// the old mapping served I/O, else by the next I/O), moves of a mapping no I/O used re-map
+// nothing, and at teardown every map has been unmapped.
 TEST(MappedOnce, ExporterMapsCountedExactly) {
     BlockFile dev(guest::kDevice);
     Ring ring(8);
@@ -766,13 +767,20 @@ TEST(MappedOnce, ExporterMapsCountedExactly) {
         EXPECT_EQ(d.moves, 20U);
         EXPECT_EQ(d.maps, 21U) << "one re-map per move";
         EXPECT_EQ(d.unmaps, 20U);
-        for (unsigned m = 0; m < 5; m++) {
-            buf.move();  // no I/O in between: nothing to re-map for
+        // A move of a mapping that served I/O re-maps at once, without waiting for the next I/O.
+        buf.move();
+        EXPECT_TRUE(guest::wait_until([&] { return (ExporterStats::now() - base).maps == 22; }, 10))
+            << "no re-map right after the move of a mapping in use";
+        for (unsigned m = 0; m < 4; m++) {
+            buf.move();  // that mapping served no I/O: nothing is re-mapped for these
         }
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        d = ExporterStats::now() - base;
+        EXPECT_EQ(d.maps, 22U) << "a mapping no I/O used was re-made after its move";
         ASSERT_NO_FATAL_FAILURE(read(table, 0));
         d = ExporterStats::now() - base;
         EXPECT_EQ(d.moves, 25U);
-        EXPECT_EQ(d.maps, 22U) << "five moves without I/O between them, then one I/O";
+        EXPECT_EQ(d.maps, 23U) << "five moves, the last four of an unused mapping, then one I/O";
         std::printf("[   counts ] mapped once: %llu moves, %llu maps, 2211 I/Os\n",
                     static_cast<unsigned long long>(d.moves),
                     static_cast<unsigned long long>(d.maps));
