@@ -2,6 +2,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -24,8 +25,6 @@
 #include <thread>
 #include <utility>
 #include <vector>
-
-#include <sys/ioctl.h>
 
 #include "dmabufio/dmabuf.hpp"
 #include "dmabufio/fd.hpp"

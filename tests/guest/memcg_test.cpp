@@ -1,9 +1,9 @@
 // Memory cgroup charging (issue 10): the mapping's metadata (its table of runs of contiguous DMA
 // addresses, 24 bytes a run) is charged to the memory cgroup of the task that registered the
-// dma-buf, at registration and again when a worker re-creates the mapping after a move, although the
-// I/O that triggers the re-map comes from a task in another cgroup. Passthrough boot only: with an
-// IOMMU a dma-buf is a few runs whatever its size, too little to see in memory.current; without one
-// the test exporter's repeating buffer is exactly one run per 2 MiB chunk.
+// dma-buf, at registration and again when a worker re-creates the mapping after a move, although
+// the I/O that triggers the re-map comes from a task in another cgroup. Passthrough boot only: with
+// an IOMMU a dma-buf is a few runs whatever its size, too little to see in memory.current; without
+// one the test exporter's repeating buffer is exactly one run per 2 MiB chunk.
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/stat.h>

@@ -831,7 +831,12 @@ TEST_P(MoveParking, OtherIoGoesOnWhileADmaBufReadWaitsForItsMapping) {
     write_str(sched_path, GetParam());
     struct Restore {
         std::string path;
-        ~Restore() { guest::write_str(path, "none"); }
+        ~Restore() {
+            try {
+                guest::write_str(path, "none");
+            } catch (...) {  // NOLINT(bugprone-empty-catch): best effort in a destructor
+            }
+        }
     } restore{sched_path};
 
     constexpr std::size_t kBuf = 512 * kMiB;
@@ -878,11 +883,11 @@ TEST_P(MoveParking, OtherIoGoesOnWhileADmaBufReadWaitsForItsMapping) {
         pinned = pinned && pin.ok();
         for (unsigned i = 0; moving.load(); i++) {
             const auto t0 = Clock::now();
-            const std::size_t off = (i % 1024) * 64 * kKiB;
-            bad_token += table.read(dev.fd(), 0, off, 64 * kKiB, 8 * kMiB) ==
-                                 static_cast<int>(64 * kKiB)
-                             ? 0
-                             : 1;
+            const std::size_t off = std::size_t{i % 1024} * 64 * kKiB;
+            bad_token +=
+                table.read(dev.fd(), 0, off, 64 * kKiB, 8 * kMiB) == static_cast<int>(64 * kKiB)
+                    ? 0
+                    : 1;
             token.push_back({t0, Clock::now()});
         }
     }
@@ -901,9 +906,9 @@ TEST_P(MoveParking, OtherIoGoesOnWhileADmaBufReadWaitsForItsMapping) {
         return std::chrono::duration<double, std::milli>(d).count();
     };
     ASSERT_FALSE(token.empty());
-    const Span parked = *std::max_element(token.begin(), token.end(), [&](const Span& a, const Span& b) {
-        return a.end - a.start < b.end - b.start;
-    });
+    const Span parked = *std::max_element(
+        token.begin(), token.end(),
+        [&](const Span& a, const Span& b) { return a.end - a.start < b.end - b.start; });
     const double parked_ms = ms(parked.end - parked.start);
     // Ordinary reads that started while the dma-buf read waited.
     int during = 0;

@@ -1,8 +1,12 @@
 // The test exporter (/dev/dmabuf_test): its errors, and contents that survive MOVEs. Invalidation
 // under I/O is in move_stress_test.cpp.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 
 #include "dmabufio/dmabuf.hpp"
@@ -36,6 +40,35 @@ TEST(TestExporter, BadCreateAndMoveAreRefused) {
     } catch (const dmabufio::Error& e) {
         EXPECT_EQ(e.err(), EINVAL);
     }
+}
+
+// DMABUF_TEST_CREATE_REPEAT: sizes that are not whole 2 MiB chunks and unknown flags are refused; a
+// repeating buffer far larger than the guest's memory is created, and every chunk of it is the
+// same memory, also after a MOVE.
+TEST(TestExporter, RepeatingBuffersAreWholeChunksOfOneMemory) {
+    const dmabufio::Fd dev(::open("/dev/dmabuf_test", O_RDWR | O_CLOEXEC));
+    ASSERT_TRUE(dev.valid());
+    const auto create = [&](std::uint64_t size, std::uint32_t flags) {
+        dmabuf_test_create c{};
+        c.size = size;
+        c.flags = flags;
+        if (::ioctl(dev.get(), DMABUF_TEST_IOCTL_CREATE, &c) != 0) {
+            return -errno;
+        }
+        ::close(c.fd);
+        return 0;
+    };
+    EXPECT_EQ(create(DMABUF_TEST_REPEAT_CHUNK + 4 * kKiB, DMABUF_TEST_CREATE_REPEAT), -EINVAL);
+    EXPECT_EQ(create(4 * kKiB, DMABUF_TEST_CREATE_REPEAT), -EINVAL);
+    EXPECT_EQ(create(DMABUF_TEST_REPEAT_CHUNK, 1U << 1), -EINVAL);
+
+    DmaBuf buf = guest::repeating_dmabuf(std::size_t{16} << 30);
+    auto view = buf.map();
+    const std::size_t last = buf.size() - DMABUF_TEST_REPEAT_CHUNK;
+    std::memset(view.data(), 0x5a, 4 * kKiB);
+    EXPECT_EQ(view[last], 0x5a) << "the last chunk is not the first one's memory";
+    guest::test_exporter_move(buf.fd());
+    EXPECT_EQ(buf.map()[last + 4 * kKiB - 1], 0x5a) << "a MOVE lost the chunk's contents";
 }
 
 TEST(TestExporter, ContentsSurviveMoves) {
