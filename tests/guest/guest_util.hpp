@@ -151,6 +151,26 @@ inline void fill(std::uint8_t* p, std::size_t n, std::uint64_t seed) {
     }
 }
 
+// The first number in a sysfs or debugfs file (decimal, or hex with 0x); throws if there is none.
+inline std::uint64_t read_u64(const std::string& path) {
+    std::ifstream in(path);
+    std::string s;
+    in >> s;
+    if (!in) {
+        throw std::runtime_error("cannot read " + path);
+    }
+    return std::stoull(s, nullptr, 0);
+}
+
+// The IOMMU group type of the lab's NVMe: "DMA" (strict), "DMA-FQ" (lazy) or "identity"
+// (passthrough); empty if it has no IOMMU group.
+inline std::string iommu_group_type() {
+    std::ifstream t("/sys/block/nvme0n1/device/device/iommu_group/type");
+    std::string type;
+    t >> type;
+    return type;
+}
+
 // Memory cgroup accounting: a child cgroup this process can move into, and its memory.current.
 constexpr const char* kCgroupRoot = "/sys/fs/cgroup";
 constexpr const char* kCgroup = "/sys/fs/cgroup/dmabufio-memcg";

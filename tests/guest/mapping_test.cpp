@@ -7,9 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <string>
 
 #include "dmabufio/buffer_table.hpp"
@@ -30,24 +30,8 @@ using guest::kGiB;
 using guest::kKiB;
 using guest::kMiB;
 
-std::string iommu_group_type() {
-    std::ifstream t("/sys/block/nvme0n1/device/device/iommu_group/type");
-    std::string type;
-    t >> type;
-    return type;
-}
-
-unsigned long long read_ull(const std::string& path) {
-    std::ifstream in(path);
-    unsigned long long v = 0;
-    if (!(in >> v)) {
-        throw std::runtime_error("cannot read a number from " + path);
-    }
-    return v;
-}
-
 // Reads completed by the whole disk (first field of its stat file).
-unsigned long long disk_reads() { return read_ull("/sys/block/nvme0n1/stat"); }
+std::uint64_t disk_reads() { return guest::read_u64("/sys/block/nvme0n1/stat"); }
 
 TEST(Mapping, SixtyFourGiBDmaBufReadsAndWritesBeyondFourGiBAndAcrossRuns) {
     constexpr std::size_t kSize = 64 * kGiB;
@@ -98,17 +82,17 @@ TEST(Mapping, SixtyFourGiBDmaBufReadsAndWritesBeyondFourGiBAndAcrossRuns) {
         EXPECT_EQ(std::memcmp(back.data(), view.data() + off, kMiB), 0);
     }
     std::printf("[   counts ] 64 GiB dma-buf (%s): %zu reads and 2 writes verified\n",
-                iommu_group_type().c_str(), ios.size());
+                guest::iommu_group_type().c_str(), ios.size());
     table.clear(0);
 }
 
 TEST(Mapping, ADmaBufRequestIsAsLargeAsTheDeviceAllows) {
     const std::string q = "/sys/block/nvme0n1/queue/";
-    const unsigned long long hw_kb = read_ull(q + "max_hw_sectors_kb");
-    const unsigned long long saved_kb = read_ull(q + "max_sectors_kb");
+    const std::uint64_t hw_kb = guest::read_u64(q + "max_hw_sectors_kb");
+    const std::uint64_t saved_kb = guest::read_u64(q + "max_sectors_kb");
     guest::write_str(q + "max_sectors_kb", std::to_string(hw_kb));
-    const unsigned long long segs = read_ull(q + "max_segments");
-    const std::string type = iommu_group_type();
+    const std::uint64_t segs = guest::read_u64(q + "max_segments");
+    const std::string type = guest::iommu_group_type();
     if (type == "identity") {
         // Without an IOMMU nothing else caps the transfer: the lab's NVMe (mdts=9) allows 2 MiB,
         // more than max_segments pages, so this checks something.
@@ -127,9 +111,9 @@ TEST(Mapping, ADmaBufRequestIsAsLargeAsTheDeviceAllows) {
     guest::fill(disk.data(), kLen, 4);
     ref.write(disk.data(), kLen, 0);
 
-    const unsigned long long before = disk_reads();
+    const std::uint64_t before = disk_reads();
     ASSERT_EQ(table.read(dev.fd(), 0, 0, kLen, 0), static_cast<int>(kLen));
-    const unsigned long long requests = disk_reads() - before;
+    const std::uint64_t requests = disk_reads() - before;
     guest::write_str(q + "max_sectors_kb", std::to_string(saved_kb));
     const auto view = buf.map();
     EXPECT_EQ(std::memcmp(view.data(), disk.data(), kLen), 0);
@@ -139,7 +123,8 @@ TEST(Mapping, ADmaBufRequestIsAsLargeAsTheDeviceAllows) {
     std::printf(
         "[   counts ] %s: a 4 MiB dma-buf read took %llu requests (max_hw_sectors_kb %llu, "
         "max_segments %llu)\n",
-        type.c_str(), requests, hw_kb, segs);
+        type.c_str(), static_cast<unsigned long long>(requests),
+        static_cast<unsigned long long>(hw_kb), static_cast<unsigned long long>(segs));
     table.clear(0);
 }
 

@@ -42,20 +42,11 @@ using dmabufio::Exporter;
 using dmabufio::Ring;
 using guest::kKiB;
 using guest::kMiB;
+using guest::read_u64;
 using guest::write_str;
 using Clock = std::chrono::steady_clock;
 
 // ---- small helpers ---------------------------------------------------------------------------
-
-std::uint64_t read_u64(const std::string& path) {
-    std::ifstream in(path);
-    std::string s;
-    in >> s;
-    if (!in) {
-        throw std::runtime_error("cannot read " + path);
-    }
-    return std::stoull(s, nullptr, 0);
-}
 
 // The test exporter's debugfs counters (moves done, importer maps and unmaps), over all buffers.
 struct ExporterStats {
