@@ -780,3 +780,149 @@ TEST(MappedOnce, ExporterMapsCountedExactly) {
 }
 
 }  // namespace
+
+namespace {
+
+// Pins the calling thread to one CPU (so that its requests share one hardware queue) for its life.
+class PinToCpu {
+  public:
+    explicit PinToCpu(int cpu) {
+        ::sched_getaffinity(0, sizeof(saved_), &saved_);
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        ok_ = ::sched_setaffinity(0, sizeof(one), &one) == 0;
+    }
+    PinToCpu(const PinToCpu&) = delete;
+    PinToCpu& operator=(const PinToCpu&) = delete;
+    ~PinToCpu() { ::sched_setaffinity(0, sizeof(saved_), &saved_); }
+    [[nodiscard]] bool ok() const { return ok_; }
+
+  private:
+    cpu_set_t saved_{};
+    bool ok_ = false;
+};
+
+// A dma-buf read that waits for its mapping (the exporter is moving the buffer) waits off the
+// queue: ordinary O_DIRECT reads of the namespace from the same CPU, so the same hardware queue,
+// go on meanwhile with their usual latency. With mq-deadline every request goes through the
+// scheduler's dispatch, where a request the driver could not take used to hold up all behind it
+// until the re-map; with none, requests are issued directly. Both schedulers are checked.
+class MoveParking : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(MoveParking, OtherIoGoesOnWhileADmaBufReadWaitsForItsMapping) {
+    const std::string sched_path = "/sys/block/nvme0n1/queue/scheduler";
+    std::string saved;
+    {
+        std::ifstream in(sched_path);
+        std::getline(in, saved);
+    }
+    ASSERT_NE(saved.find(GetParam()), std::string::npos)
+        << GetParam() << " is not available: " << saved;
+    write_str(sched_path, GetParam());
+    struct Restore {
+        std::string path;
+        ~Restore() {
+            try {
+                guest::write_str(path, "none");
+            } catch (...) {  // NOLINT(bugprone-empty-catch): best effort in a destructor
+            }
+        }
+    } restore{sched_path};
+
+    constexpr std::size_t kBuf = 512 * kMiB;
+    BlockFile dev(guest::kDevice);
+    guest::Reference ref;
+    guest::Memory pattern(64 * kKiB);
+    guest::fill(pattern.data(), pattern.size(), 77);
+    ref.write(pattern.data(), pattern.size(), 8 * kMiB);
+    Ring ring(8);
+    BufferTable table(ring, 1);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kTest, kBuf);
+    table.register_dmabuf(0, buf, dev.fd());
+    ASSERT_EQ(table.read(dev.fd(), 0, 0, 64 * kKiB, 8 * kMiB), static_cast<int>(64 * kKiB));
+
+    struct Span {
+        Clock::time_point start, end;
+    };
+    std::vector<Span> ordinary;
+    std::vector<Span> token;
+    std::atomic<bool> moving{true};
+    std::atomic<bool> pinned{true};
+    int bad_token = 0;
+    int bad_ordinary = 0;
+
+    // Ordinary reads from CPU 0 for as long as the move lasts.
+    std::thread reader([&] {
+        const PinToCpu pin(0);
+        pinned = pinned && pin.ok();
+        guest::Memory mem(64 * kKiB);
+        while (moving.load()) {
+            const auto t0 = Clock::now();
+            ::pread(ref.fd(), mem.data(), 64 * kKiB, static_cast<off_t>(8 * kMiB));
+            ordinary.push_back({t0, Clock::now()});
+            bad_ordinary += std::memcmp(mem.data(), pattern.data(), 64 * kKiB) == 0 ? 0 : 1;
+        }
+    });
+    std::thread mover([&] {
+        buf.move();
+        moving = false;
+    });
+    {
+        // dma-buf reads from CPU 0 too, back to back: one of them finds the mapping gone.
+        const PinToCpu pin(0);
+        pinned = pinned && pin.ok();
+        for (unsigned i = 0; moving.load(); i++) {
+            const auto t0 = Clock::now();
+            const std::size_t off = std::size_t{i % 1024} * 64 * kKiB;
+            bad_token +=
+                table.read(dev.fd(), 0, off, 64 * kKiB, 8 * kMiB) == static_cast<int>(64 * kKiB)
+                    ? 0
+                    : 1;
+            token.push_back({t0, Clock::now()});
+        }
+    }
+    mover.join();
+    reader.join();
+    // Checked after the move: a CPU access meanwhile would wait for the move itself.
+    for (std::size_t i = 0; i < std::min<std::size_t>(token.size(), 1024); i++) {
+        bad_token +=
+            std::memcmp(buf.map().data() + i * 64 * kKiB, pattern.data(), 64 * kKiB) == 0 ? 0 : 1;
+    }
+    ASSERT_TRUE(pinned.load()) << "cannot pin to CPU 0";
+    EXPECT_EQ(bad_token, 0);
+    EXPECT_EQ(bad_ordinary, 0);
+
+    const auto ms = [](Clock::duration d) {
+        return std::chrono::duration<double, std::milli>(d).count();
+    };
+    ASSERT_FALSE(token.empty());
+    const Span parked = *std::max_element(
+        token.begin(), token.end(),
+        [&](const Span& a, const Span& b) { return a.end - a.start < b.end - b.start; });
+    const double parked_ms = ms(parked.end - parked.start);
+    // Ordinary reads that started while the dma-buf read waited.
+    int during = 0;
+    double worst_ms = 0;
+    for (const Span& s : ordinary) {
+        if (s.start >= parked.start && s.start < parked.end) {
+            during++;
+            worst_ms = std::max(worst_ms, ms(s.end - s.start));
+        }
+    }
+    std::printf(
+        "[   counts ] %s: a dma-buf read waited %.0f ms for its mapping; %d ordinary reads started "
+        "meanwhile, the slowest took %.1f ms (%zu dma-buf and %zu ordinary reads in all)\n",
+        GetParam(), parked_ms, during, worst_ms, token.size(), ordinary.size());
+    ASSERT_GE(parked_ms, 200.0) << "the move left no window to test in";
+    EXPECT_GE(during, 5) << "ordinary reads stalled while a dma-buf read waited for its mapping";
+    EXPECT_LE(worst_ms, parked_ms / 4) << "an ordinary read waited for the dma-buf's mapping";
+    table.clear(0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Schedulers, MoveParking, ::testing::Values("none", "mq-deadline"),
+                         [](const auto& info) {
+                             return std::string(info.param) == "none" ? "none" : "mq_deadline";
+                         });
+
+}  // namespace
