@@ -1,6 +1,11 @@
 // dmabufio-bench-report: turns the guest's raw lines into build/bench/results.json (design.md
-// schema), a table of medians and ratios on stdout, and build/bench/iops.png (gnuplot).
+// schema), a table of medians with their spread and ratios on stdout, and build/bench/iops.png
+// (gnuplot: IOPS relative to fixed buffers, with min-max whiskers).
 //   dmabufio-bench-report OUTDIR MODE...
+// Every row of OUTDIR/plan-MODE.txt (written by guest-matrix: every buffer kind, workload and
+// MOVE run asked for) must have all its repetitions in OUTDIR/raw-MODE.txt: a row without a
+// measurement, or with fewer repetitions than planned, is reported on stderr after the tables
+// ("strict dmabuf randread 4096: no measurement") and the exit status is 1.
 #include <algorithm>
 #include <array>
 #include <cstdio>
@@ -8,9 +13,11 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -20,6 +27,10 @@ struct Key {
     unsigned bs = 0, qd = 0;
     auto operator<=>(const Key&) const = default;  // NOLINT(modernize-use-nullptr): clang-tidy 14
 };
+
+std::string name(const Key& k) {
+    return k.mode + " " + k.buffers + " " + k.rw + " " + std::to_string(k.bs);
+}
 
 double median(std::vector<double> v) {
     if (v.empty()) {
@@ -63,30 +74,78 @@ Extras parse_extras(std::istringstream& in) {
     return e;
 }
 
-// Median over repetitions of one extra field (0 if absent).
-double median_of(const std::vector<Extras>& reps, const std::string& field) {
+// Median over repetitions of one extra field; none if no repetition has it.
+std::optional<double> median_of(const std::vector<Extras>& reps, const std::string& field) {
     std::vector<double> v;
     for (const auto& e : reps) {
         if (auto it = e.find(field); it != e.end()) {
             v.push_back(it->second);
         }
     }
+    if (v.empty()) {
+        return std::nullopt;
+    }
     return median(v);
 }
 
-// Median over repetitions of QEMU CPU microseconds per I/O for one QEMU field: repetition i's
-// QEMU seconds over the same repetition's I/O count.
-double qemu_us_per_io(const std::vector<Extras>& runs, const std::vector<Extras>& q,
-                      const std::string& field) {
+// The repetition of a raw or QEMU line (guest-matrix's rep=), or its position where it has none.
+double rep_of(const Extras& e, std::size_t index) {
+    const auto it = e.find("rep");
+    return it != e.end() ? it->second : static_cast<double>(index + 1);
+}
+
+// Median over repetitions of QEMU CPU microseconds per I/O for one QEMU field: repetition r's
+// QEMU seconds over the same repetition's I/O count. None without QEMU samples (fio's runs).
+std::optional<double> qemu_us_per_io(const std::vector<Extras>& runs, const std::vector<Extras>& q,
+                                     const std::string& field) {
     std::vector<double> v;
-    for (std::size_t i = 0; i < std::min(runs.size(), q.size()); i++) {
+    for (std::size_t i = 0; i < runs.size(); i++) {
         const auto ios = runs[i].find("ios");
-        const auto s = q[i].find(field);
-        if (ios != runs[i].end() && s != q[i].end() && ios->second > 0) {
-            v.push_back(s->second / ios->second * 1e6);
+        for (std::size_t j = 0; j < q.size(); j++) {
+            if (rep_of(q[j], j) != rep_of(runs[i], i)) {
+                continue;
+            }
+            const auto s = q[j].find(field);
+            if (ios != runs[i].end() && s != q[j].end() && ios->second > 0) {
+                v.push_back(s->second / ios->second * 1e6);
+            }
+            break;
         }
     }
+    if (v.empty()) {
+        return std::nullopt;
+    }
     return median(v);
+}
+
+// DIR/PREFIXMODE.txt
+std::string file(const std::string& dir, const char* prefix, const std::string& mode) {
+    std::string path = dir;
+    path += '/';
+    path += prefix;
+    path += mode;
+    path += ".txt";
+    return path;
+}
+
+std::string fixed(std::optional<double> v, int precision) {
+    if (!v) {
+        return "n/a";
+    }
+    std::array<char, 32> b{};
+    std::snprintf(b.data(), b.size(), "%.*f", precision, *v);
+    return b.data();
+}
+
+// "18196 (17010-18900)": the median and the min-max over repetitions; "missing" without any.
+std::string spread(const std::vector<double>& v) {
+    if (v.empty()) {
+        return "missing";
+    }
+    const auto [lo, hi] = std::minmax_element(v.begin(), v.end());
+    std::array<char, 64> b{};
+    std::snprintf(b.data(), b.size(), "%.0f (%.0f-%.0f)", median(v), *lo, *hi);
+    return b.data();
 }
 
 }  // namespace
@@ -98,22 +157,42 @@ int main(int argc, char** argv) {
     }
     const std::string dir = argv[1];
     const std::vector<std::string> modes(argv + 2, argv + argc);
+    // Per key, one entry per repetition in the raw file's order: IOPS, the key=value extras of the
+    // raw lines, and QEMU's CPU seconds for the same runs (qemu-MODE.txt, written on the host by
+    // tools/bench/qemu-cpu).
     std::map<Key, std::vector<double>> runs;
-    // Per key, per repetition (in order): the key=value extras of the raw lines, and QEMU's CPU
-    // seconds for the same runs (qemu-MODE.txt, written on the host by tools/bench/qemu-cpu).
     std::map<Key, std::vector<Extras>> extras;
     std::map<Key, std::vector<Extras>> qemu;
+    // What guest-matrix was asked to run (plan-MODE.txt), in its order, with the repetitions.
+    std::vector<std::pair<Key, unsigned>> plan;
     std::vector<std::pair<std::string, unsigned>> workloads;
     for (const auto& mode : modes) {
-        std::string path = dir;
-        path += "/raw-" + mode + ".txt";
-        std::ifstream in(path);
+        std::ifstream pin(file(dir, "plan-", mode));
+        if (!pin) {
+            std::cerr << "dmabufio-bench-report: no plan-" << mode << ".txt in " << dir
+                      << " (guest-matrix writes it first: did the guest run start?)\n";
+            return 1;
+        }
+        std::string line;
+        while (std::getline(pin, line)) {
+            std::istringstream ls(line);
+            Key k;
+            unsigned reps = 0;
+            if (!(ls >> k.mode >> k.buffers >> k.rw >> k.bs >> k.qd >> reps)) {
+                continue;
+            }
+            plan.emplace_back(k, reps);
+            if (!is_move_run(k.buffers) && std::find(workloads.begin(), workloads.end(),
+                                                     std::pair{k.rw, k.bs}) == workloads.end()) {
+                workloads.emplace_back(k.rw, k.bs);
+            }
+        }
+        std::ifstream in(file(dir, "raw-", mode));
         if (!in) {
             std::cerr << "dmabufio-bench-report: no results for " << mode << " in " << dir
                       << " (did the guest run fail?)\n";
             return 1;
         }
-        std::string line;
         while (std::getline(in, line)) {
             std::istringstream ls(line);
             Key k;
@@ -123,17 +202,8 @@ int main(int argc, char** argv) {
             }
             runs[k].push_back(iops);
             extras[k].push_back(parse_extras(ls));
-            if (is_move_run(k.buffers)) {
-                continue;
-            }
-            if (std::find(workloads.begin(), workloads.end(), std::pair{k.rw, k.bs}) ==
-                workloads.end()) {
-                workloads.emplace_back(k.rw, k.bs);
-            }
         }
-        std::string qpath = dir;
-        qpath += "/qemu-" + mode + ".txt";
-        std::ifstream qin(qpath);
+        std::ifstream qin(file(dir, "qemu-", mode));
         while (std::getline(qin, line)) {
             std::istringstream ls(line);
             Key k;
@@ -147,55 +217,109 @@ int main(int argc, char** argv) {
         std::getline(kf, kernel);
     }
 
+    // Rows asked for but not (fully) measured, and measurements nobody asked for.
+    std::vector<std::string> problems;
+    unsigned reps_planned = 0;
+    for (const auto& [k, reps] : plan) {
+        reps_planned = std::max(reps_planned, reps);
+        const auto it = runs.find(k);
+        const std::size_t n = it != runs.end() ? it->second.size() : 0;
+        if (n == 0) {
+            problems.push_back(name(k) + ": no measurement");
+        } else if (n != reps) {
+            problems.push_back(name(k) + ": " + std::to_string(n) + " of " + std::to_string(reps) +
+                               " repetitions measured");
+        }
+    }
+    for (const auto& run : runs) {
+        const Key& k = run.first;
+        if (std::none_of(plan.begin(), plan.end(), [&k](const auto& p) { return p.first == k; })) {
+            problems.push_back(name(k) + ": measured, but not in plan-" + k.mode + ".txt");
+        }
+    }
+    auto planned = [&](const std::string& b, const std::string& rw, unsigned bs) {
+        return std::any_of(plan.begin(), plan.end(), [&](const auto& p) {
+            return p.first.buffers == b && p.first.rw == rw && p.first.bs == bs;
+        });
+    };
+    auto find_key = [&](const std::string& mode, const std::string& b, const std::string& rw,
+                        unsigned bs) -> const Key* {
+        for (const auto& [k, v] : runs) {
+            if (k.mode == mode && k.buffers == b && k.rw == rw && k.bs == bs) {
+                return &k;
+            }
+        }
+        return nullptr;
+    };
+    const std::vector<double> kNone;
+    auto series = [&](const std::string& mode, const std::string& b, const std::string& rw,
+                      unsigned bs) -> const std::vector<double>& {
+        const Key* k = find_key(mode, b, rw, bs);
+        return k != nullptr ? runs.at(*k) : kNone;
+    };
+    // The median IOPS of a row; 0 where it has no measurement.
+    auto lookup = [&](const std::string& mode, const std::string& b, const std::string& rw,
+                      unsigned bs) { return median(series(mode, b, rw, bs)); };
+
     std::ofstream json(dir + "/results.json");
-    json << "{\"kernel\": \"" << kernel << "\", \"runs\": [";
+    json << "{\"kernel\": \"" << kernel << "\", \"repetitions\": " << reps_planned
+         << ", \"complete\": " << (problems.empty() ? "true" : "false") << ", \"missing\": [";
+    for (std::size_t i = 0; i < problems.size(); i++) {
+        json << (i != 0 ? ", " : "") << '"' << problems[i] << '"';
+    }
+    json << "], \"runs\": [";
     const char* sep = "\n  ";
-    std::map<Key, double> med;
     auto cpu_fields = [&](const Key& k) {
-        // Added fields (design.md's schema plus): medians of CPU microseconds per I/O.
+        // Added fields (design.md's schema plus): medians of CPU microseconds per I/O, each only
+        // where the rows have it (fio's rows: no whole-guest or QEMU CPU).
         std::ostringstream f;
         const auto& ex = extras[k];
-        const double cpu = median_of(ex, "cpu_us");
-        if (cpu == 0) {
-            return f.str();
-        }
         f.setf(std::ios::fixed);
         f.precision(2);
-        f << ", \"cpu_us_per_io_median\": " << cpu
-          << ", \"sys_cpu_us_per_io_median\": " << median_of(ex, "sys_cpu_us");
+        for (const auto& [field, key] : {std::pair{"cpu_us", "cpu_us_per_io_median"},
+                                         std::pair{"sys_cpu_us", "sys_cpu_us_per_io_median"}}) {
+            if (const auto v = median_of(ex, field)) {
+                f << ", \"" << key << "\": " << *v;
+            }
+        }
         // IOMMU work per I/O (dmabufio-bench's tracepoint counters), median over repetitions.
         f.precision(4);
         for (const char* field :
              {"iommu_maps_per_io", "iommu_unmaps_per_io", "iotlb_invalidations_per_io"}) {
-            if (!ex.empty() && ex.front().contains(field)) {
-                f << ", \"" << field << "\": " << median_of(ex, field);
+            if (const auto v = median_of(ex, field)) {
+                f << ", \"" << field << "\": " << *v;
             }
         }
         f.precision(2);
-        if (qemu.contains(k)) {
-            f << ", \"qemu_cpu_us_per_io_median\": " << qemu_us_per_io(ex, qemu[k], "qemu_s")
-              << ", \"qemu_vcpu_us_per_io_median\": " << qemu_us_per_io(ex, qemu[k], "vcpu_s")
-              << ", \"qemu_main_us_per_io_median\": " << qemu_us_per_io(ex, qemu[k], "main_s")
-              << ", \"qemu_other_us_per_io_median\": " << qemu_us_per_io(ex, qemu[k], "other_s");
+        for (const auto& [field, key] : {std::pair{"qemu_s", "qemu_cpu_us_per_io_median"},
+                                         std::pair{"vcpu_s", "qemu_vcpu_us_per_io_median"},
+                                         std::pair{"main_s", "qemu_main_us_per_io_median"},
+                                         std::pair{"other_s", "qemu_other_us_per_io_median"}}) {
+            if (const auto v = qemu_us_per_io(ex, qemu[k], field)) {
+                f << ", \"" << key << "\": " << *v;
+            }
         }
         return f.str();
     };
-    auto iops_list = [](const std::vector<double>& v) {
+    auto iops_fields = [](const std::vector<double>& v) {
         std::ostringstream f;
+        f << "\"iops\": [";
         for (std::size_t i = 0; i < v.size(); i++) {
             f << (i != 0 ? ", " : "") << static_cast<long long>(v[i]);
         }
+        const auto [lo, hi] = std::minmax_element(v.begin(), v.end());
+        f << "], \"iops_median\": " << static_cast<long long>(median(v))
+          << ", \"iops_min\": " << static_cast<long long>(*lo)
+          << ", \"iops_max\": " << static_cast<long long>(*hi);
         return f.str();
     };
     for (const auto& [k, v] : runs) {
-        med[k] = median(v);
         if (is_move_run(k.buffers)) {
             continue;
         }
         json << sep << "{\"iommu\": \"" << k.mode << "\", \"buffers\": \"" << k.buffers
-             << "\", \"rw\": \"" << k.rw << "\", \"bs\": " << k.bs << ", \"qd\": " << k.qd
-             << ", \"iops\": [" << iops_list(v)
-             << "], \"iops_median\": " << static_cast<long long>(med[k]) << cpu_fields(k) << "}";
+             << "\", \"rw\": \"" << k.rw << "\", \"bs\": " << k.bs << ", \"qd\": " << k.qd << ", "
+             << iops_fields(v) << cpu_fields(k) << "}";
         sep = ",\n  ";
     }
     // The MOVE comparison: its own list, so that "runs" keeps design.md's buffer kinds (and fio's).
@@ -209,169 +333,208 @@ int main(int argc, char** argv) {
         json << sep << "{\"iommu\": \"" << k.mode
              << "\", \"buffers\": \"dmabuf\", \"exporter\": \"test\", \"move_every_ms\": "
              << move_every_ms(k.buffers) << ", \"rw\": \"" << k.rw << "\", \"bs\": " << k.bs
-             << ", \"qd\": " << k.qd << ", \"iops\": [" << iops_list(v)
-             << "], \"iops_median\": " << static_cast<long long>(med[k]) << cpu_fields(k);
+             << ", \"qd\": " << k.qd << ", " << iops_fields(v) << cpu_fields(k);
         if (move_every_ms(k.buffers) != 0) {
-            json << ", \"moves_median\": " << median_of(ex, "moves")
-                 << ", \"remap_us_p50_median\": " << median_of(ex, "remap_p50")
-                 << ", \"remap_us_p99_median\": " << median_of(ex, "remap_p99");
+            json << ", \"moves_median\": " << fixed(median_of(ex, "moves"), 0)
+                 << ", \"remap_us_p50_median\": " << fixed(median_of(ex, "remap_p50"), 1)
+                 << ", \"remap_us_p99_median\": " << fixed(median_of(ex, "remap_p99"), 1);
         }
         json << "}";
         sep = ",\n  ";
     }
     json << "\n]}\n";
+    json.close();
 
-    auto lookup = [&](const std::string& mode, const std::string& b, const std::string& rw,
-                      unsigned bs) {
-        for (const auto& [k, m] : med) {
-            if (k.mode == mode && k.buffers == b && k.rw == rw && k.bs == bs) {
-                return m;
-            }
-        }
-        return 0.0;
-    };
-    std::ofstream dat(dir + "/iops.dat");
-    std::printf("kernel %s; median IOPS of %zu interleaved repetitions\n", kernel.c_str(),
-                runs.empty() ? 0 : runs.begin()->second.size());
+    std::printf(
+        "kernel %s; median IOPS (min-max) of %u interleaved repetitions, the order of the kinds "
+        "rotated per repetition\n",
+        kernel.c_str(), reps_planned);
     for (const auto& [rw, bs] : workloads) {
-        std::printf("\n%s bs=%u %-10s", rw.c_str(), bs, "");
+        std::printf("\n%-24s", (rw + " bs=" + std::to_string(bs)).c_str());
         for (const auto& m : modes) {
-            std::printf("%12s", m.c_str());
+            std::printf("%22s", m.c_str());
         }
         std::printf("\n");
         for (const auto& b : kBuffers) {
-            if (lookup(modes.front(), b, rw, bs) == 0) {
+            if (!planned(b, rw, bs)) {
                 continue;
             }
-            std::printf("  %-25s", b.c_str());
+            std::printf("  %-22s", b.c_str());
             for (const auto& m : modes) {
-                std::printf("%12.0f", lookup(m, b, rw, bs));
+                std::printf("%22s", spread(series(m, b, rw, bs)).c_str());
             }
             std::printf("\n");
-            dat << '"' << rw << ' ' << bs / 1024 << "K " << b << '"';
-            for (const auto& m : modes) {
-                dat << ' ' << lookup(m, b, rw, bs);
-            }
-            dat << '\n';
         }
         const double fixed_pt = lookup("pt", "fixed", rw, bs);
+        auto ratio = [](double a, double b) {
+            return a != 0 && b != 0 ? std::optional<double>(a / b) : std::nullopt;
+        };
         for (const auto& m : modes) {
-            const double fixed = lookup(m, "fixed", rw, bs);
-            const double fio = lookup(m, "fio-fixed", rw, bs);
+            const double fixed_m = lookup(m, "fixed", rw, bs);
             const double dma = lookup(m, "dmabuf", rw, bs);
-            const double fio_dma = lookup(m, "fio-dmabuf", rw, bs);
-            std::printf("  %-6s fixed/fio-fixed %.2f", m.c_str(), fio != 0 ? fixed / fio : 0.0);
-            if (dma != 0 && fixed_pt != 0) {
-                std::printf("   dmabuf/fixed(pt) %.2f", dma / fixed_pt);
+            std::printf("  %-6s fixed/fio-fixed %s", m.c_str(),
+                        fixed(ratio(fixed_m, lookup(m, "fio-fixed", rw, bs)), 2).c_str());
+            if (std::find(modes.begin(), modes.end(), "pt") != modes.end()) {
+                std::printf("   dmabuf/fixed(pt) %s", fixed(ratio(dma, fixed_pt), 2).c_str());
             }
             // The goal: fio's dma-buf path within 10 % of dmabufio-bench's, in the same boot.
-            if (dma != 0 && fio_dma != 0) {
-                const double r = fio_dma / dma;
-                std::printf("   fio-dmabuf/dmabuf %.2f%s", r,
-                            r < 0.9 || r > 1.1 ? " (outside 10 %)" : "");
-            }
-            std::printf("\n");
+            const auto r = ratio(lookup(m, "fio-dmabuf", rw, bs), dma);
+            std::printf("   fio-dmabuf/dmabuf %s%s\n", fixed(r, 2).c_str(),
+                        r && (*r < 0.9 || *r > 1.1) ? " (outside 10 %)" : "");
         }
     }
-    dat.close();
 
     // Where the time goes: CPU microseconds per I/O, guest-side (dmabufio-bench: this process's
-    // getrusage, and the whole guest's /proc/stat busy time) and host-side (QEMU's threads).
-    auto find_key = [&](const std::string& mode, const std::string& b, const std::string& rw,
-                        unsigned bs) -> const Key* {
-        for (const auto& [k, v] : runs) {
-            if (k.mode == mode && k.buffers == b && k.rw == rw && k.bs == bs) {
-                return &k;
-            }
-        }
-        return nullptr;
-    };
+    // getrusage, and the whole guest's /proc/stat busy time; fio: its job process's) and host-side
+    // (QEMU's threads, for dmabufio-bench's runs); n/a where a row has no such number.
     bool cpu_header = false;
     for (const auto& [rw, bs] : workloads) {
         for (const auto& m : modes) {
             for (const auto& b : kBuffers) {
                 const Key* k = find_key(m, b, rw, bs);
-                if (k == nullptr || median_of(extras[*k], "cpu_us") == 0) {
+                if (k == nullptr || !median_of(extras[*k], "cpu_us")) {
                     continue;
                 }
                 if (!cpu_header) {
                     std::printf(
-                        "\nCPU us per I/O (medians): guest bench process, whole guest; QEMU "
-                        "process = vCPU threads + main loop (NVMe + VT-d DMA) + other; IOMMU "
-                        "maps, unmaps and IOTLB invalidations per I/O (guest tracepoints)\n"
-                        "  %-16s %-7s %-7s %9s %9s %9s %9s %9s %9s %7s %7s %7s\n",
+                        "\nCPU us per I/O (medians): guest bench process (fio: its job process), "
+                        "whole guest; QEMU process = vCPU threads + main loop (NVMe + VT-d DMA) + "
+                        "other; IOMMU maps, unmaps and IOTLB invalidations per I/O (guest "
+                        "tracepoints)\n"
+                        "  %-16s %-7s %-10s %9s %9s %9s %9s %9s %9s %7s %7s %7s\n",
                         "workload", "iommu", "buffers", "g-proc", "g-system", "qemu", "vcpu",
                         "main", "other", "maps", "unmaps", "iotlb");
                     cpu_header = true;
                 }
                 const auto& ex = extras[*k];
                 const auto& q = qemu[*k];
-                // IOMMU counts: "n/a" where the kernel had no tracepoints to count them with.
-                auto per_io = [&](const char* field) {
-                    std::array<char, 16> c{};
-                    if (ex.empty() || !ex.front().contains(field)) {
-                        return std::string("n/a");
-                    }
-                    std::snprintf(c.data(), c.size(), "%.3f", median_of(ex, field));
-                    return std::string(c.data());
-                };
-                std::printf("  %-16s %-7s %-7s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %7s %7s %7s\n",
+                std::printf("  %-16s %-7s %-10s %9s %9s %9s %9s %9s %9s %7s %7s %7s\n",
                             (rw + " " + std::to_string(bs / 1024) + "K").c_str(), m.c_str(),
-                            b.c_str(), median_of(ex, "cpu_us"), median_of(ex, "sys_cpu_us"),
-                            qemu_us_per_io(ex, q, "qemu_s"), qemu_us_per_io(ex, q, "vcpu_s"),
-                            qemu_us_per_io(ex, q, "main_s"), qemu_us_per_io(ex, q, "other_s"),
-                            per_io("iommu_maps_per_io").c_str(),
-                            per_io("iommu_unmaps_per_io").c_str(),
-                            per_io("iotlb_invalidations_per_io").c_str());
+                            b.c_str(), fixed(median_of(ex, "cpu_us"), 1).c_str(),
+                            fixed(median_of(ex, "sys_cpu_us"), 1).c_str(),
+                            fixed(qemu_us_per_io(ex, q, "qemu_s"), 1).c_str(),
+                            fixed(qemu_us_per_io(ex, q, "vcpu_s"), 1).c_str(),
+                            fixed(qemu_us_per_io(ex, q, "main_s"), 1).c_str(),
+                            fixed(qemu_us_per_io(ex, q, "other_s"), 1).c_str(),
+                            fixed(median_of(ex, "iommu_maps_per_io"), 3).c_str(),
+                            fixed(median_of(ex, "iommu_unmaps_per_io"), 3).c_str(),
+                            fixed(median_of(ex, "iotlb_invalidations_per_io"), 3).c_str());
             }
         }
     }
 
-    // Invalidation: test-exporter dma-buf, no MOVE vs a MOVE every N ms, interleaved.
+    // Invalidation: test-exporter dma-buf, no MOVE vs a MOVE every N ms, interleaved; the ratio's
+    // spread from the repetitions' own pairs (the same rep= in one boot).
     bool move_header = false;
     for (const auto& m : modes) {
-        for (const auto& [k, v] : runs) {
+        for (const auto& [k, reps] : plan) {
             const unsigned every = move_every_ms(k.buffers);
             if (k.mode != m || every == 0) {
                 continue;
             }
-            const Key* base = find_key(m, "dmabuf-test", k.rw, k.bs);
-            const double still = base != nullptr ? med.at(*base) : 0;
             if (!move_header) {
                 std::printf(
-                    "\n%s bs=%u qd=%u, test-exporter dma-buf: median IOPS without and with MOVE; "
-                    "re-map latency (MOVE return -> first completion of a later I/O), median "
-                    "over repetitions of each run's p50 and p99\n",
+                    "\n%s bs=%u qd=%u, test-exporter dma-buf: median IOPS (min-max) without and "
+                    "with MOVE, their ratio (min-max of each repetition's pair); re-map latency "
+                    "(MOVE return -> first completion of a later I/O), median over repetitions of "
+                    "each run's p50 and p99\n",
                     k.rw.c_str(), k.bs, k.qd);
                 move_header = true;
             }
-            const auto& ex = extras.at(k);
+            const Key* base = find_key(m, "dmabuf-test", k.rw, k.bs);
+            const Key* moved = find_key(m, k.buffers, k.rw, k.bs);
+            const std::vector<double>& still = base != nullptr ? runs.at(*base) : kNone;
+            const std::vector<double>& moving = moved != nullptr ? runs.at(*moved) : kNone;
+            std::vector<double> pairs;
+            if (base != nullptr && moved != nullptr) {
+                const auto& eb = extras.at(*base);
+                const auto& em = extras.at(*moved);
+                for (std::size_t i = 0; i < moving.size(); i++) {
+                    for (std::size_t j = 0; j < still.size(); j++) {
+                        if (rep_of(eb[j], j) == rep_of(em[i], i) && still[j] != 0) {
+                            pairs.push_back(moving[i] / still[j]);
+                            break;
+                        }
+                    }
+                }
+            }
+            std::string ratio = "n/a";
+            if (!pairs.empty() && median(still) != 0) {
+                const auto [lo, hi] = std::minmax_element(pairs.begin(), pairs.end());
+                std::array<char, 48> b{};
+                std::snprintf(b.data(), b.size(), "%.2f (%.2f-%.2f)",
+                              median(moving) / median(still), *lo, *hi);
+                ratio = b.data();
+            }
+            const std::vector<Extras> kNoExtras;
+            const auto& ex = moved != nullptr ? extras.at(*moved) : kNoExtras;
             std::printf(
-                "  %-6s no-move %7.0f  move/%ums %7.0f  ratio %.2f  moves %4.0f  re-map p50 "
-                "%8.1fus p99 %8.1fus\n",
-                m.c_str(), still, every, med.at(k), still != 0 ? med.at(k) / still : 0.0,
-                median_of(ex, "moves"), median_of(ex, "remap_p50"), median_of(ex, "remap_p99"));
+                "  %-6s no-move %19s  move/%ums %19s  ratio %-17s  moves %4s  re-map p50 %8sus "
+                "p99 %8sus\n",
+                m.c_str(), spread(still).c_str(), every, spread(moving).c_str(), ratio.c_str(),
+                fixed(median_of(ex, "moves"), 0).c_str(),
+                fixed(median_of(ex, "remap_p50"), 1).c_str(),
+                fixed(median_of(ex, "remap_p99"), 1).c_str());
         }
     }
 
+    // The plot: each kind's IOPS over fixed buffers' median in passthrough (in the same boot
+    // where passthrough was not run), median bars with the row's min-max as whiskers.
+    const bool have_pt = std::find(modes.begin(), modes.end(), "pt") != modes.end();
+    std::ofstream dat(dir + "/iops.dat");
+    for (const auto& [rw, bs] : workloads) {
+        for (const auto& b : kBuffers) {
+            if (!planned(b, rw, bs)) {
+                continue;
+            }
+            dat << '"' << rw << ' ' << bs / 1024 << "K " << b << '"';
+            for (const auto& m : modes) {
+                const auto& v = series(m, b, rw, bs);
+                const double ref = lookup(have_pt ? "pt" : m, "fixed", rw, bs);
+                if (v.empty() || ref == 0) {
+                    dat << " ? ? ?";
+                    continue;
+                }
+                const auto [lo, hi] = std::minmax_element(v.begin(), v.end());
+                dat << ' ' << median(v) / ref << ' ' << *lo / ref << ' ' << *hi / ref;
+            }
+            dat << '\n';
+        }
+    }
+    dat.close();
     std::ofstream gp(dir + "/iops.gp");
-    gp << "set terminal pngcairo size 1000,600 noenhanced\nset output '" << dir << "/iops.png'\n"
-       << "set title 'dmabuf-io: median IOPS by buffer kind and IOMMU mode (" << kernel << ")'\n"
-       << "set style data histograms\nset style histogram clustered gap 1\nset style fill solid "
-          "0.8\n"
-       << "set xtics rotate by -30\nset ylabel 'IOPS'\nset key top left\nset grid ytics\n"
+    gp << "set terminal pngcairo size 1100,600 noenhanced\nset output '" << dir << "/iops.png'\n"
+       << "set title \"dmabuf-io: IOPS / fixed buffers' median IOPS "
+       << (have_pt ? "in passthrough" : "in the same boot") << " (" << kernel
+       << ")\\nbars: median; whiskers: min-max over " << reps_planned << " repetitions\"\n"
+       << "set style data histograms\nset style histogram errorbars gap 1 lw 1\n"
+       << "set style fill solid 0.8\nset datafile missing '?'\n"
+       << "set xtics rotate by -30\nset rmargin 10\nset ylabel 'IOPS / fixed"
+       << (have_pt ? " (pt)" : "") << "'\nset yrange [0:*]\nset key top left\nset grid ytics\n"
+       << "set arrow from graph 0, first 1 to graph 1, first 1 nohead dashtype 2\n"
        << "plot";
     for (std::size_t i = 0; i < modes.size(); i++) {
-        gp << (i != 0 ? "," : "") << " '" << dir << "/iops.dat' using " << i + 2
-           << (i == 0 ? ":xtic(1)" : "") << " title '" << modes[i] << "'";
+        gp << (i != 0 ? "," : "") << " '" << dir << "/iops.dat' using " << 3 * i + 2 << ':'
+           << 3 * i + 3 << ':' << 3 * i + 4 << (i == 0 ? ":xtic(1)" : "") << " title '" << modes[i]
+           << "'";
     }
     gp << "\n";
     gp.close();
     const std::string cmd = "gnuplot '" + dir + "/iops.gp'";
-    if (std::system(cmd.c_str()) != 0) {
+    const bool plotted = std::system(cmd.c_str()) == 0;
+    if (plotted) {
+        std::printf("\nwrote %s/results.json and %s/iops.png\n", dir.c_str(), dir.c_str());
+    } else {
         std::cerr << "dmabufio-bench-report: gnuplot failed; the table and results.json stand\n";
+    }
+    if (!problems.empty()) {
+        std::fflush(stdout);
+        std::cerr << "dmabufio-bench-report: incomplete: " << problems.size()
+                  << " planned row(s) not fully measured:\n";
+        for (const auto& p : problems) {
+            std::cerr << "  " << p << "\n";
+        }
         return 1;
     }
-    std::printf("\nwrote %s/results.json and %s/iops.png\n", dir.c_str(), dir.c_str());
-    return 0;
+    return plotted ? 0 : 1;
 }
