@@ -48,15 +48,19 @@ using Clock = std::chrono::steady_clock;
 
 // ---- small helpers ---------------------------------------------------------------------------
 
-// The test exporter's debugfs counters (moves done, importer maps and unmaps), over all buffers.
+// The test exporter's debugfs counters over all buffers: moves done, importer maps and unmaps,
+// the time the maps took (us), and the moves followed by a map with the time from the end of each
+// such move to the end of its map (us).
 struct ExporterStats {
-    std::uint64_t moves = 0, maps = 0, unmaps = 0;
+    std::uint64_t moves = 0, maps = 0, unmaps = 0, map_us = 0, remaps = 0, remap_us = 0;
     static ExporterStats now() {
         const std::string d = "/sys/kernel/debug/dmabuf_test/";
-        return {read_u64(d + "moves"), read_u64(d + "maps"), read_u64(d + "unmaps")};
+        return {read_u64(d + "moves"),  read_u64(d + "maps"),   read_u64(d + "unmaps"),
+                read_u64(d + "map_us"), read_u64(d + "remaps"), read_u64(d + "remap_us")};
     }
     ExporterStats operator-(const ExporterStats& o) const {
-        return {moves - o.moves, maps - o.maps, unmaps - o.unmaps};
+        return {moves - o.moves,   maps - o.maps,     unmaps - o.unmaps,
+                map_us - o.map_us, remaps - o.remaps, remap_us - o.remap_us};
     }
 };
 
@@ -772,9 +776,16 @@ TEST(MappedOnce, ExporterMapsCountedExactly) {
         d = ExporterStats::now() - base;
         EXPECT_EQ(d.moves, 25U);
         EXPECT_EQ(d.maps, 23U) << "five moves, the last four of an unused mapping, then one I/O";
-        std::printf("[   counts ] mapped once: %llu moves, %llu maps, 2211 I/Os\n",
-                    static_cast<unsigned long long>(d.moves),
-                    static_cast<unsigned long long>(d.maps));
+        // Every map but the registration's followed a move, and the exporter timed each.
+        EXPECT_EQ(d.remaps, 22U);
+        EXPECT_GT(d.map_us, 0U);
+        EXPECT_GT(d.remap_us, 0U);
+        std::printf(
+            "[   counts ] mapped once: %llu moves, %llu maps, 2211 I/Os; map %.0f us, "
+            "move end to re-mapped %.0f us (means)\n",
+            static_cast<unsigned long long>(d.moves), static_cast<unsigned long long>(d.maps),
+            static_cast<double>(d.map_us) / static_cast<double>(d.maps),
+            static_cast<double>(d.remap_us) / static_cast<double>(d.remaps));
     }
     EXPECT_TRUE(wait_maps_balanced(base)) << "maps and unmaps differ after unregistering";
 }
