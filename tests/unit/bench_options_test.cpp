@@ -1,4 +1,5 @@
-// dmabufio-bench's command line: t/io_uring-style flags, --buffers/--dmabuf/--move-every, errors.
+// dmabufio-bench's command line: t/io_uring-style flags, --buffers/--dmabuf/--move-every,
+// --progress, errors.
 #include <gtest/gtest.h>
 
 #include <initializer_list>
@@ -51,6 +52,16 @@ TEST(BenchOptions, DefaultsAreTIoUrings) {
     EXPECT_EQ(o.exporter, Exporter::kUdmabuf);
     EXPECT_EQ(o.move_every_ms, 0U);
     EXPECT_FALSE(o.json);
+    EXPECT_TRUE(o.progress);
+}
+
+TEST(BenchOptions, ProgressOnStderrUnlessJsonOrSaidOtherwise) {
+    EXPECT_TRUE(parse({"/dev/x"}).progress);
+    EXPECT_FALSE(parse({"--json", "/dev/x"}).progress);
+    EXPECT_TRUE(parse({"--json", "--progress", "/dev/x"}).progress);
+    EXPECT_TRUE(parse({"--progress", "--json", "/dev/x"}).progress);
+    EXPECT_FALSE(parse({"--no-progress", "/dev/x"}).progress);
+    EXPECT_FALSE(parse({"--progress", "--no-progress", "/dev/x"}).progress);
 }
 
 TEST(BenchOptions, EveryFlag) {

@@ -18,6 +18,9 @@
 //                      re-map latency is reported: MOVE ioctl return -> first completion of an
 //                      I/O submitted after that return (median, p99 over all moves)
 //     --json        one JSON object on stdout
+//     --progress, --no-progress
+//                   a line a second on stderr, as t/io_uring's: "IOPS=..., BW=...MiB/s,
+//                   IOS/call=..." (I/Os completed per io_uring_enter); on by default without --json
 //     --mark FILE   write "start" to FILE when the timed run begins and "stop" when it ends, so
 //                   that a host-side observer (tools/bench/qemu-cpu) can attribute QEMU's CPU time
 //
@@ -35,12 +38,14 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -159,6 +164,9 @@ struct Worker {
     dmabufio::SlotKind kind = dmabufio::SlotKind::kEmpty;
     // results
     std::uint64_t ios = 0;
+    // for the progress line: I/Os completed and io_uring_enter calls so far
+    std::atomic<std::uint64_t> ios_now{0};
+    std::atomic<std::uint64_t> calls_now{0};
     std::vector<std::uint32_t> lat_ns;
     std::string error;
 };
@@ -261,6 +269,8 @@ void run_worker(const Options& o, Worker& w, int dev_fd, std::uint64_t blocks,
         io_uring_cq_advance(ring.get(), seen);
         inflight -= seen;
         w.ios += seen;
+        w.ios_now.store(w.ios, std::memory_order_relaxed);
+        w.calls_now.fetch_add(1, std::memory_order_relaxed);
         stopping = stopping || stop.load(std::memory_order_relaxed) || Clock::now() >= deadline;
     }
 }
@@ -388,6 +398,39 @@ int run(const Options& o) {
             }
         });
     }
+    // The progress line: every second, the last second's IOPS, bandwidth and I/Os per
+    // io_uring_enter, on stderr (stdout keeps the result alone).
+    std::mutex progress_mutex;
+    std::condition_variable progress_cv;
+    bool finished = false;
+    std::thread progress;
+    if (o.progress) {
+        progress = std::thread([&] {
+            std::unique_lock lock(progress_mutex);
+            std::uint64_t last_ios = 0;
+            std::uint64_t last_calls = 0;
+            auto last = t0;
+            auto next = t0 + std::chrono::seconds(1);
+            while (!progress_cv.wait_until(lock, next, [&] { return finished; })) {
+                std::uint64_t ios = 0;
+                std::uint64_t calls = 0;
+                for (const auto& w : workers) {
+                    ios += w.ios_now.load(std::memory_order_relaxed);
+                    calls += w.calls_now.load(std::memory_order_relaxed);
+                }
+                const auto now = Clock::now();
+                const double dt = std::chrono::duration<double>(now - last).count();
+                const auto d_ios = static_cast<double>(ios - last_ios);
+                const auto d_calls = static_cast<double>(calls - last_calls);
+                std::fprintf(stderr, "IOPS=%.0f, BW=%.0fMiB/s, IOS/call=%.1f\n", d_ios / dt,
+                             d_ios * o.bs / dt / (1 << 20), d_calls != 0 ? d_ios / d_calls : 0.0);
+                last_ios = ios;
+                last_calls = calls;
+                last = now;
+                next += std::chrono::seconds(1);
+            }
+        });
+    }
     for (auto& th : threads) {
         th.join();
     }
@@ -400,6 +443,14 @@ int run(const Options& o) {
     const double sys = system_busy_seconds() - sys0;
     const dmabufio::bench::IommuCounts iommu1 = iommu.read();
     mark("stop");
+    if (progress.joinable()) {
+        {
+            const std::lock_guard lock(progress_mutex);
+            finished = true;
+        }
+        progress_cv.notify_one();
+        progress.join();
+    }
     for (const auto& w : workers) {
         if (!w.error.empty()) {
             std::fprintf(stderr, "dmabufio-bench: thread %u: %s\n", w.id, w.error.c_str());

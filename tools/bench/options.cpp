@@ -41,15 +41,28 @@ bool boolean(const char* arg, const char* what) { return number(arg, what) != 0;
 
 Options parse_options(int argc, char** argv) {
     Options o;
-    enum { kBuffers = 1000, kJson, kSpan, kDmaBuf, kSqpoll, kMoveEvery, kMark };
-    const std::array<option, 8> longopts{{{"buffers", required_argument, nullptr, kBuffers},
-                                          {"dmabuf", required_argument, nullptr, kDmaBuf},
-                                          {"json", no_argument, nullptr, kJson},
-                                          {"span", required_argument, nullptr, kSpan},
-                                          {"sqpoll", no_argument, nullptr, kSqpoll},
-                                          {"move-every", required_argument, nullptr, kMoveEvery},
-                                          {"mark", required_argument, nullptr, kMark},
-                                          {nullptr, 0, nullptr, 0}}};
+    enum {
+        kBuffers = 1000,
+        kJson,
+        kSpan,
+        kDmaBuf,
+        kSqpoll,
+        kMoveEvery,
+        kMark,
+        kProgress,
+        kNoProgress
+    };
+    int progress = -1;  // -1: not said (no progress with --json)
+    const std::array<option, 10> longopts{{{"buffers", required_argument, nullptr, kBuffers},
+                                           {"dmabuf", required_argument, nullptr, kDmaBuf},
+                                           {"json", no_argument, nullptr, kJson},
+                                           {"span", required_argument, nullptr, kSpan},
+                                           {"sqpoll", no_argument, nullptr, kSqpoll},
+                                           {"move-every", required_argument, nullptr, kMoveEvery},
+                                           {"mark", required_argument, nullptr, kMark},
+                                           {"progress", no_argument, nullptr, kProgress},
+                                           {"no-progress", no_argument, nullptr, kNoProgress},
+                                           {nullptr, 0, nullptr, 0}}};
     optind = 0;  // a full getopt reset: parse_options() may run more than once (unit tests)
     int c = 0;
     while ((c = getopt_long(argc, argv, "d:s:c:b:p:F:B:n:X:r:R:w:", longopts.data(), nullptr)) !=
@@ -120,6 +133,12 @@ Options parse_options(int argc, char** argv) {
             case kMark:
                 o.mark = optarg;
                 break;
+            case kProgress:
+                progress = 1;
+                break;
+            case kNoProgress:
+                progress = 0;
+                break;
             default:
                 usage("unknown option");
         }
@@ -128,6 +147,7 @@ Options parse_options(int argc, char** argv) {
         usage("exactly one DEVICE is needed");
     }
     o.device = argv[optind];
+    o.progress = progress == -1 ? !o.json : progress == 1;
     if (o.buffers != "plain" && o.buffers != "fixed" && o.buffers != "dmabuf" &&
         o.buffers != "compat") {
         usage("--buffers takes plain, fixed, dmabuf or compat");

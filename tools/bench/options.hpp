@@ -28,6 +28,9 @@ struct Options {
     Exporter exporter = Exporter::kUdmabuf;
     unsigned move_every_ms = 0;
     bool json = false;
+    // A line a second on stderr ("IOPS=..., BW=...MiB/s, IOS/call=..."): by default without
+    // --json only; --progress / --no-progress say so either way.
+    bool progress = true;
     std::string mark;  // --mark FILE: "start"/"stop" written there around the timed run
     std::string device;
 };
