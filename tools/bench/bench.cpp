@@ -110,14 +110,21 @@ std::int64_t now_ns() {
         .count();
 }
 
-// Anonymous, populated, page-aligned I/O memory.
+// Anonymous, page-aligned I/O memory on 4 KiB pages (MADV_NOHUGEPAGE before the first touch, so
+// that no transparent huge page backs it: the other kinds, udmabuf's memfd pages included, are on
+// 4 KiB pages too), populated.
 class Memory {
   public:
     explicit Memory(std::size_t n) : size_(n) {
-        ptr_ = ::mmap(nullptr, n, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        ptr_ = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (ptr_ == MAP_FAILED) {
             dmabufio::throw_error(errno, "allocate " + std::to_string(n) + " bytes of I/O buffers");
+        }
+        // EINVAL: a kernel without transparent huge pages, whose pages are all 4 KiB anyway.
+        if (::madvise(ptr_, n, MADV_NOHUGEPAGE) != 0 && errno != EINVAL) {
+            const int err = errno;
+            ::munmap(ptr_, n);
+            dmabufio::throw_error(err, "madvise(MADV_NOHUGEPAGE) the I/O buffers");
         }
         std::memset(ptr_, 0x5a, n);
     }

@@ -56,6 +56,25 @@ unsigned move_every_ms(const std::string& buffers) {
                : 0;
 }
 
+// What backs each kind's buffers (guest-matrix, bench.cpp, lib/src, tools/fio/patches): all are
+// 4 KiB pages where the guest kernel has no transparent huge pages (thp-MODE.txt, guest-matrix).
+const std::map<std::string, std::string> kMemory{
+    {"plain", "anonymous mmap, MADV_NOHUGEPAGE (dmabufio-bench)"},
+    {"fixed", "anonymous mmap, MADV_NOHUGEPAGE (dmabufio-bench), registered"},
+    {"dmabuf", "udmabuf over a sealed memfd (shmem pages)"},
+    {"compat",
+     "udmabuf over a sealed memfd; the I/O goes to the library's staging (anonymous mmap, no "
+     "madvise), then is copied"},
+    {"fio-fixed", "fio mem=mmap: anonymous mmap, registered"},
+    {"fio-dmabuf", "fio dmabuf=udmabuf: udmabuf over a sealed memfd (shmem pages)"},
+    {"dmabuf-test", "the test exporter's pages (alloc_page, order 0)"},
+};
+
+std::string memory_of(const std::string& buffers) {
+    const auto it = kMemory.find(is_move_run(buffers) ? std::string("dmabuf-test") : buffers);
+    return it != kMemory.end() ? it->second : "unknown";
+}
+
 using Extras = std::map<std::string, double>;
 
 Extras parse_extras(std::istringstream& in) {
@@ -216,6 +235,15 @@ int main(int argc, char** argv) {
     if (std::ifstream kf(dir + "/kernel"); kf) {
         std::getline(kf, kernel);
     }
+    // Transparent huge pages in each boot's guest (guest-matrix's thp-MODE.txt).
+    std::map<std::string, std::string> thp;
+    for (const auto& mode : modes) {
+        std::string t = "unknown";
+        if (std::ifstream tf(file(dir, "thp-", mode)); tf) {
+            std::getline(tf, t);
+        }
+        thp[mode] = t;
+    }
 
     // Rows asked for but not (fully) measured, and measurements nobody asked for.
     std::vector<std::string> problems;
@@ -267,7 +295,11 @@ int main(int argc, char** argv) {
     for (std::size_t i = 0; i < problems.size(); i++) {
         json << (i != 0 ? ", " : "") << '"' << problems[i] << '"';
     }
-    json << "], \"runs\": [";
+    json << "], \"thp\": {";
+    for (std::size_t i = 0; i < modes.size(); i++) {
+        json << (i != 0 ? ", " : "") << '"' << modes[i] << "\": \"" << thp[modes[i]] << '"';
+    }
+    json << "}, \"runs\": [";
     const char* sep = "\n  ";
     auto cpu_fields = [&](const Key& k) {
         // Added fields (design.md's schema plus): medians of CPU microseconds per I/O, each only
@@ -319,7 +351,8 @@ int main(int argc, char** argv) {
         }
         json << sep << "{\"iommu\": \"" << k.mode << "\", \"buffers\": \"" << k.buffers
              << "\", \"rw\": \"" << k.rw << "\", \"bs\": " << k.bs << ", \"qd\": " << k.qd << ", "
-             << iops_fields(v) << cpu_fields(k) << "}";
+             << iops_fields(v) << ", \"memory\": \"" << memory_of(k.buffers) << '"' << cpu_fields(k)
+             << "}";
         sep = ",\n  ";
     }
     // The MOVE comparison: its own list, so that "runs" keeps design.md's buffer kinds (and fio's).
@@ -333,7 +366,8 @@ int main(int argc, char** argv) {
         json << sep << "{\"iommu\": \"" << k.mode
              << "\", \"buffers\": \"dmabuf\", \"exporter\": \"test\", \"move_every_ms\": "
              << move_every_ms(k.buffers) << ", \"rw\": \"" << k.rw << "\", \"bs\": " << k.bs
-             << ", \"qd\": " << k.qd << ", " << iops_fields(v) << cpu_fields(k);
+             << ", \"qd\": " << k.qd << ", " << iops_fields(v) << ", \"memory\": \""
+             << memory_of(k.buffers) << '"' << cpu_fields(k);
         if (move_every_ms(k.buffers) != 0) {
             json << ", \"moves_median\": " << fixed(median_of(ex, "moves"), 0)
                  << ", \"remap_us_p50_median\": " << fixed(median_of(ex, "remap_p50"), 1)
@@ -349,6 +383,15 @@ int main(int argc, char** argv) {
         "kernel %s; median IOPS (min-max) of %u interleaved repetitions, the order of the kinds "
         "rotated per repetition\n",
         kernel.c_str(), reps_planned);
+    std::printf("memory (transparent huge pages in the guest:");
+    for (const auto& m : modes) {
+        std::printf(" %s %s;", m.c_str(), thp[m].c_str());
+    }
+    std::printf(" without them every kind is on 4 KiB pages):\n");
+    for (const auto& b : kBuffers) {
+        std::printf("  %-12s %s\n", b.c_str(), memory_of(b).c_str());
+    }
+    std::printf("  %-12s %s\n", "MOVE runs", memory_of("dmabuf-test").c_str());
     for (const auto& [rw, bs] : workloads) {
         std::printf("\n%-24s", (rw + " bs=" + std::to_string(bs)).c_str());
         for (const auto& m : modes) {
