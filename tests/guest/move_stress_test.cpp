@@ -664,11 +664,11 @@ TEST(MoveFaultInjection, MoveNotifyAllocatesNothing) {
     EXPECT_EQ(r.injected.first + r.injected.second, 0U);
 }
 
-// The end of an invalidation's wait (the last reference of an invalidated mapping dropped, in
-// completion context) allocates nothing: every allocation in it would fail, in any task or
-// interrupt.
+// The end of an invalidation's wait (blk-mq's completion hook drops the request's count on an
+// invalidated mapping and wakes the waiter, in completion context) allocates nothing: every
+// allocation in it would fail, in any task or interrupt.
 TEST(MoveFaultInjection, DrainCompletionAllocatesNothing) {
-    const auto r = run_with_failing_allocations("dma_buf_io_map_release", 0, false, 6);
+    const auto r = run_with_failing_allocations("blk_mq_dma_rq_done", 0, false, 6);
     EXPECT_EQ(r.injected.first + r.injected.second, 0U);
 }
 
