@@ -59,8 +59,9 @@ unsigned move_every_ms(const std::string& buffers) {
 // What backs each kind's buffers (guest-matrix, bench.cpp, lib/src, tools/fio/patches): all are
 // 4 KiB pages where the guest kernel has no transparent huge pages (thp-MODE.txt, guest-matrix).
 const std::map<std::string, std::string> kMemory{
-    {"plain", "anonymous mmap, MADV_NOHUGEPAGE (dmabufio-bench)"},
-    {"fixed", "anonymous mmap, MADV_NOHUGEPAGE (dmabufio-bench), registered"},
+    {"plain", "anonymous mmap, MADV_NOHUGEPAGE where the kernel has THP (dmabufio-bench)"},
+    {"fixed",
+     "anonymous mmap, MADV_NOHUGEPAGE where the kernel has THP (dmabufio-bench), registered"},
     {"dmabuf", "udmabuf over a sealed memfd (shmem pages)"},
     {"compat",
      "udmabuf over a sealed memfd; the I/O goes to the library's staging (anonymous mmap, no "
