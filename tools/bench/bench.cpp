@@ -16,7 +16,9 @@
 //                   through its CPU mapping (DMA_BUF_IOCTL_SYNC around the copy; before a write)
 //     --move-every MS  (--dmabuf test only) a mover thread MOVEs the dma-buf every MS ms and the
 //                      re-map latency is reported: MOVE ioctl return -> first completion of an
-//                      I/O submitted after that return (median, p99 over all moves)
+//                      I/O submitted after that return (median, p99 over all moves); and, from
+//                      the test exporter's debugfs, the mean time a map took and the mean time
+//                      from a move's end to the end of the map that followed it
 //     --json        one JSON object on stdout
 //     --progress, --no-progress
 //                   a line a second on stderr, as t/io_uring's: "IOPS=..., BW=...MiB/s,
@@ -52,6 +54,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "dmabufio/buffer_table.hpp"
@@ -84,6 +87,38 @@ double process_cpu_seconds() {
         return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
     };
     return tv(ru.ru_utime) + tv(ru.ru_stime);
+}
+
+// The test exporter's map timing (debugfs dmabuf_test/, test-only kernel patch): maps and the
+// microseconds they took; moves followed by a map and the microseconds from each such move's end
+// to the end of its map. nullopt where debugfs or the counters are missing.
+struct ExporterTiming {
+    std::uint64_t maps = 0, map_us = 0, remaps = 0, remap_us = 0;
+    static std::optional<ExporterTiming> read() {
+        ExporterTiming t;
+        const std::array<std::pair<const char*, std::uint64_t*>, 4> files{
+            {{"maps", &t.maps},
+             {"map_us", &t.map_us},
+             {"remaps", &t.remaps},
+             {"remap_us", &t.remap_us}}};
+        for (const auto& [name, value] : files) {
+            std::ifstream in(std::string("/sys/kernel/debug/dmabuf_test/") + name);
+            if (!(in >> *value)) {
+                return std::nullopt;
+            }
+        }
+        return t;
+    }
+};
+
+// "%.1f" of a / b, or JSON null when b is 0.
+std::string mean_or_null(std::uint64_t a, std::uint64_t b) {
+    if (b == 0) {
+        return "null";
+    }
+    std::array<char, 32> buf{};
+    std::snprintf(buf.data(), buf.size(), "%.1f", static_cast<double>(a) / static_cast<double>(b));
+    return buf.data();
 }
 
 // Busy CPU seconds of the whole system (all CPUs): /proc/stat's "cpu" line minus idle and iowait.
@@ -292,6 +327,8 @@ struct MoveStats {
     std::uint64_t moves = 0;
     std::uint64_t remapped = 0;  // moves with an I/O submitted after them and completed
     double remap_p50_us = 0, remap_p99_us = 0, remap_max_us = 0, ioctl_p50_us = 0;
+    // The exporter's view (ExporterTiming over the run): mean map time, mean move end to re-mapped.
+    std::string map_us_mean = "null", exporter_remap_us_mean = "null";
 };
 
 int run(const Options& o) {
@@ -366,6 +403,8 @@ int run(const Options& o) {
     const dmabufio::bench::IommuCounters iommu;
     mark("start");
     const dmabufio::bench::IommuCounts iommu0 = iommu.read();
+    const std::optional<ExporterTiming> exp0 =
+        moves ? ExporterTiming::read() : std::optional<ExporterTiming>{};
     const double cpu0 = process_cpu_seconds();
     const double sys0 = system_busy_seconds();
     const auto t0 = Clock::now();
@@ -455,6 +494,8 @@ int run(const Options& o) {
     const double cpu = process_cpu_seconds() - cpu0;
     const double sys = system_busy_seconds() - sys0;
     const dmabufio::bench::IommuCounts iommu1 = iommu.read();
+    const std::optional<ExporterTiming> exp1 =
+        exp0 ? ExporterTiming::read() : std::optional<ExporterTiming>{};
     mark("stop");
     if (progress.joinable()) {
         {
@@ -504,6 +545,11 @@ int run(const Options& o) {
         ms.remap_p99_us = percentile(remap, 99) / 1e3;
         ms.remap_max_us = percentile(remap, 100) / 1e3;
         ms.ioctl_p50_us = percentile(moves->ioctl_ns, 50) / 1e3;
+        if (exp0 && exp1) {
+            ms.map_us_mean = mean_or_null(exp1->map_us - exp0->map_us, exp1->maps - exp0->maps);
+            ms.exporter_remap_us_mean =
+                mean_or_null(exp1->remap_us - exp0->remap_us, exp1->remaps - exp0->remaps);
+        }
     }
 
     const double iops = static_cast<double>(done) / secs;
@@ -548,10 +594,12 @@ int run(const Options& o) {
             std::printf(
                 ", \"move_every_ms\": %u, \"moves\": %llu, \"moves_remapped\": %llu, "
                 "\"remap_us\": {\"p50\": %.1f, \"p99\": %.1f, \"max\": %.1f}, "
-                "\"move_ioctl_us_p50\": %.1f",
+                "\"move_ioctl_us_p50\": %.1f, \"map_us_mean\": %s, "
+                "\"exporter_remap_us_mean\": %s",
                 o.move_every_ms, static_cast<unsigned long long>(ms.moves),
                 static_cast<unsigned long long>(ms.remapped), ms.remap_p50_us, ms.remap_p99_us,
-                ms.remap_max_us, ms.ioctl_p50_us);
+                ms.remap_max_us, ms.ioctl_p50_us, ms.map_us_mean.c_str(),
+                ms.exporter_remap_us_mean.c_str());
         }
         std::printf("}\n");
     } else {
@@ -574,10 +622,12 @@ int run(const Options& o) {
         if (moves) {
             std::printf(
                 "  moves every %ums: %llu (%llu followed by a completion); re-map latency "
-                "p50=%.1fus p99=%.1fus max=%.1fus; MOVE ioctl p50=%.1fus\n",
+                "p50=%.1fus p99=%.1fus max=%.1fus; MOVE ioctl p50=%.1fus; exporter: map "
+                "%sus, move end to re-mapped %sus (means)\n",
                 o.move_every_ms, static_cast<unsigned long long>(ms.moves),
                 static_cast<unsigned long long>(ms.remapped), ms.remap_p50_us, ms.remap_p99_us,
-                ms.remap_max_us, ms.ioctl_p50_us);
+                ms.remap_max_us, ms.ioctl_p50_us, ms.map_us_mean.c_str(),
+                ms.exporter_remap_us_mean.c_str());
         }
     }
     return 0;

@@ -372,7 +372,9 @@ int main(int argc, char** argv) {
         if (move_every_ms(k.buffers) != 0) {
             json << ", \"moves_median\": " << fixed(median_of(ex, "moves"), 0)
                  << ", \"remap_us_p50_median\": " << fixed(median_of(ex, "remap_p50"), 1)
-                 << ", \"remap_us_p99_median\": " << fixed(median_of(ex, "remap_p99"), 1);
+                 << ", \"remap_us_p99_median\": " << fixed(median_of(ex, "remap_p99"), 1)
+                 << ", \"map_us_mean_median\": " << fixed(median_of(ex, "map_us"), 1)
+                 << ", \"exporter_remap_us_mean_median\": " << fixed(median_of(ex, "xremap_us"), 1);
         }
         json << "}";
         sep = ",\n  ";
@@ -481,7 +483,9 @@ int main(int argc, char** argv) {
                     "\n%s bs=%u qd=%u, test-exporter dma-buf: median IOPS (min-max) without and "
                     "with MOVE, their ratio (min-max of each repetition's pair); re-map latency "
                     "(MOVE return -> first completion of a later I/O), median over repetitions of "
-                    "each run's p50 and p99\n",
+                    "each run's p50 and p99; the exporter's mean map time and mean time from a "
+                    "move's end to the end of the re-map (debugfs dmabuf_test), medians over "
+                    "repetitions\n",
                     k.rw.c_str(), k.bs, k.qd);
                 move_header = true;
             }
@@ -514,11 +518,13 @@ int main(int argc, char** argv) {
             const auto& ex = moved != nullptr ? extras.at(*moved) : kNoExtras;
             std::printf(
                 "  %-6s no-move %19s  move/%ums %19s  ratio %-17s  moves %4s  re-map p50 %8sus "
-                "p99 %8sus\n",
+                "p99 %8sus  map %6sus  move end to re-mapped %6sus\n",
                 m.c_str(), spread(still).c_str(), every, spread(moving).c_str(), ratio.c_str(),
                 fixed(median_of(ex, "moves"), 0).c_str(),
                 fixed(median_of(ex, "remap_p50"), 1).c_str(),
-                fixed(median_of(ex, "remap_p99"), 1).c_str());
+                fixed(median_of(ex, "remap_p99"), 1).c_str(),
+                fixed(median_of(ex, "map_us"), 0).c_str(),
+                fixed(median_of(ex, "xremap_us"), 0).c_str());
         }
     }
 
