@@ -1,11 +1,12 @@
 // dmabufio-bench-report: turns the guest's raw lines into build/bench/results.json (design.md
 // schema), a table of medians with their spread and ratios on stdout, and build/bench/iops.png
-// (gnuplot: IOPS relative to fixed buffers, with min-max whiskers).
+// (gnuplot: IOPS relative to fixed buffers, with min-max whiskers) and build/bench/sweep.png
+// (dmabuf/fixed per workload and CPU per I/O).
 //   dmabufio-bench-report OUTDIR MODE...
 // Every row of OUTDIR/plan-MODE.txt (written by guest-matrix: every buffer kind, workload and
 // MOVE run asked for) must have all its repetitions in OUTDIR/raw-MODE.txt: a row without a
 // measurement, or with fewer repetitions than planned, is reported on stderr after the tables
-// ("strict dmabuf randread 4096: no measurement") and the exit status is 1.
+// ("strict dmabuf randread 4K qd32: no measurement") and the exit status is 1.
 #include <algorithm>
 #include <array>
 #include <cstdio>
@@ -22,14 +23,33 @@
 
 namespace {
 
+// What a run does: its direction, block size, queue depth (per thread) and submitting threads.
+struct Workload {
+    std::string rw;
+    unsigned bs = 0, qd = 0, jobs = 1;
+    auto operator<=>(const Workload&) const = default;  // NOLINT(modernize-use-nullptr)
+};
+
 struct Key {
-    std::string mode, buffers, rw;
-    unsigned bs = 0, qd = 0;
+    std::string mode, buffers;
+    Workload w;
     auto operator<=>(const Key&) const = default;  // NOLINT(modernize-use-nullptr): clang-tidy 14
 };
 
-std::string name(const Key& k) {
-    return k.mode + " " + k.buffers + " " + k.rw + " " + std::to_string(k.bs);
+// "randread 4K qd32", with " x2" for 2 threads.
+std::string label(const Workload& w) {
+    std::string s = w.rw + " " +
+                    (w.bs >= 1024 * 1024 ? std::to_string(w.bs >> 20) + "M"
+                                         : std::to_string(w.bs >> 10) + "K") +
+                    " qd" + std::to_string(w.qd);
+    return w.jobs > 1 ? s + " x" + std::to_string(w.jobs) : s;
+}
+
+std::string name(const Key& k) { return k.mode + " " + k.buffers + " " + label(k.w); }
+
+// "mode buffers rw bs qd" at the start of a plan, raw or QEMU line.
+bool read_key(std::istringstream& in, Key& k) {
+    return static_cast<bool>(in >> k.mode >> k.buffers >> k.w.rw >> k.w.bs >> k.w.qd);
 }
 
 double median(std::vector<double> v) {
@@ -94,18 +114,30 @@ Extras parse_extras(std::istringstream& in) {
     return e;
 }
 
-// Median over repetitions of one extra field; none if no repetition has it.
-std::optional<double> median_of(const std::vector<Extras>& reps, const std::string& field) {
+// One extra field's value in each repetition that has it.
+std::vector<double> values_of(const std::vector<Extras>& reps, const std::string& field) {
     std::vector<double> v;
     for (const auto& e : reps) {
         if (auto it = e.find(field); it != e.end()) {
             v.push_back(it->second);
         }
     }
+    return v;
+}
+
+// Median over repetitions of one extra field; none if no repetition has it.
+std::optional<double> median_of(const std::vector<Extras>& reps, const std::string& field) {
+    const auto v = values_of(reps, field);
     if (v.empty()) {
         return std::nullopt;
     }
     return median(v);
+}
+
+// The submitting threads of a raw or QEMU line (guest-matrix's jobs=; 1 where it has none).
+unsigned jobs_of(const Extras& e) {
+    const auto it = e.find("jobs");
+    return it != e.end() ? static_cast<unsigned>(it->second) : 1;
 }
 
 // The repetition of a raw or QEMU line (guest-matrix's rep=), or its position where it has none.
@@ -185,7 +217,7 @@ int main(int argc, char** argv) {
     std::map<Key, std::vector<Extras>> qemu;
     // What guest-matrix was asked to run (plan-MODE.txt), in its order, with the repetitions.
     std::vector<std::pair<Key, unsigned>> plan;
-    std::vector<std::pair<std::string, unsigned>> workloads;
+    std::vector<Workload> workloads;
     for (const auto& mode : modes) {
         std::ifstream pin(file(dir, "plan-", mode));
         if (!pin) {
@@ -198,13 +230,16 @@ int main(int argc, char** argv) {
             std::istringstream ls(line);
             Key k;
             unsigned reps = 0;
-            if (!(ls >> k.mode >> k.buffers >> k.rw >> k.bs >> k.qd >> reps)) {
+            if (!read_key(ls, k) || !(ls >> reps)) {
                 continue;
             }
+            if (!(ls >> k.w.jobs)) {
+                k.w.jobs = 1;
+            }
             plan.emplace_back(k, reps);
-            if (!is_move_run(k.buffers) && std::find(workloads.begin(), workloads.end(),
-                                                     std::pair{k.rw, k.bs}) == workloads.end()) {
-                workloads.emplace_back(k.rw, k.bs);
+            if (!is_move_run(k.buffers) &&
+                std::find(workloads.begin(), workloads.end(), k.w) == workloads.end()) {
+                workloads.push_back(k.w);
             }
         }
         std::ifstream in(file(dir, "raw-", mode));
@@ -217,18 +252,22 @@ int main(int argc, char** argv) {
             std::istringstream ls(line);
             Key k;
             double iops = 0;
-            if (!(ls >> k.mode >> k.buffers >> k.rw >> k.bs >> k.qd >> iops)) {
+            if (!read_key(ls, k) || !(ls >> iops)) {
                 continue;
             }
+            auto e = parse_extras(ls);
+            k.w.jobs = jobs_of(e);
             runs[k].push_back(iops);
-            extras[k].push_back(parse_extras(ls));
+            extras[k].push_back(std::move(e));
         }
         std::ifstream qin(file(dir, "qemu-", mode));
         while (std::getline(qin, line)) {
             std::istringstream ls(line);
             Key k;
-            if (ls >> k.mode >> k.buffers >> k.rw >> k.bs >> k.qd) {
-                qemu[k].push_back(parse_extras(ls));
+            if (read_key(ls, k)) {
+                auto e = parse_extras(ls);
+                k.w.jobs = jobs_of(e);
+                qemu[k].push_back(std::move(e));
             }
         }
     }
@@ -266,29 +305,49 @@ int main(int argc, char** argv) {
             problems.push_back(name(k) + ": measured, but not in plan-" + k.mode + ".txt");
         }
     }
-    auto planned = [&](const std::string& b, const std::string& rw, unsigned bs) {
-        return std::any_of(plan.begin(), plan.end(), [&](const auto& p) {
-            return p.first.buffers == b && p.first.rw == rw && p.first.bs == bs;
-        });
+    auto planned = [&](const std::string& b, const Workload& w) {
+        return std::any_of(plan.begin(), plan.end(),
+                           [&](const auto& p) { return p.first.buffers == b && p.first.w == w; });
     };
-    auto find_key = [&](const std::string& mode, const std::string& b, const std::string& rw,
-                        unsigned bs) -> const Key* {
-        for (const auto& [k, v] : runs) {
-            if (k.mode == mode && k.buffers == b && k.rw == rw && k.bs == bs) {
-                return &k;
-            }
-        }
-        return nullptr;
+    auto find_key = [&](const std::string& mode, const std::string& b,
+                        const Workload& w) -> const Key* {
+        const auto it = runs.find(Key{mode, b, w});
+        return it != runs.end() ? &it->first : nullptr;
     };
     const std::vector<double> kNone;
-    auto series = [&](const std::string& mode, const std::string& b, const std::string& rw,
-                      unsigned bs) -> const std::vector<double>& {
-        const Key* k = find_key(mode, b, rw, bs);
+    const std::vector<Extras> kNoExtras;
+    auto series = [&](const std::string& mode, const std::string& b,
+                      const Workload& w) -> const std::vector<double>& {
+        const Key* k = find_key(mode, b, w);
         return k != nullptr ? runs.at(*k) : kNone;
     };
+    auto extras_of = [&](const std::string& mode, const std::string& b,
+                         const Workload& w) -> const std::vector<Extras>& {
+        const Key* k = find_key(mode, b, w);
+        return k != nullptr ? extras.at(*k) : kNoExtras;
+    };
     // The median IOPS of a row; 0 where it has no measurement.
-    auto lookup = [&](const std::string& mode, const std::string& b, const std::string& rw,
-                      unsigned bs) { return median(series(mode, b, rw, bs)); };
+    auto lookup = [&](const std::string& mode, const std::string& b, const Workload& w) {
+        return median(series(mode, b, w));
+    };
+    // Row A over row B in one boot: each repetition's pair (the same rep=), for the spread.
+    auto paired = [&](const std::string& mode, const std::string& a, const std::string& b,
+                      const Workload& w) {
+        std::vector<double> r;
+        const auto& va = series(mode, a, w);
+        const auto& vb = series(mode, b, w);
+        const auto& ea = extras_of(mode, a, w);
+        const auto& eb = extras_of(mode, b, w);
+        for (std::size_t i = 0; i < va.size(); i++) {
+            for (std::size_t j = 0; j < vb.size(); j++) {
+                if (rep_of(ea[i], i) == rep_of(eb[j], j) && vb[j] != 0) {
+                    r.push_back(va[i] / vb[j]);
+                    break;
+                }
+            }
+        }
+        return r;
+    };
 
     std::ofstream json(dir + "/results.json");
     json << "{\"kernel\": \"" << kernel << "\", \"repetitions\": " << reps_planned
@@ -351,9 +410,9 @@ int main(int argc, char** argv) {
             continue;
         }
         json << sep << "{\"iommu\": \"" << k.mode << "\", \"buffers\": \"" << k.buffers
-             << "\", \"rw\": \"" << k.rw << "\", \"bs\": " << k.bs << ", \"qd\": " << k.qd << ", "
-             << iops_fields(v) << ", \"memory\": \"" << memory_of(k.buffers) << '"' << cpu_fields(k)
-             << "}";
+             << "\", \"rw\": \"" << k.w.rw << "\", \"bs\": " << k.w.bs << ", \"qd\": " << k.w.qd
+             << ", \"jobs\": " << k.w.jobs << ", " << iops_fields(v) << ", \"memory\": \""
+             << memory_of(k.buffers) << '"' << cpu_fields(k) << "}";
         sep = ",\n  ";
     }
     // The MOVE comparison: its own list, so that "runs" keeps design.md's buffer kinds (and fio's).
@@ -366,8 +425,8 @@ int main(int argc, char** argv) {
         const auto& ex = extras[k];
         json << sep << "{\"iommu\": \"" << k.mode
              << "\", \"buffers\": \"dmabuf\", \"exporter\": \"test\", \"move_every_ms\": "
-             << move_every_ms(k.buffers) << ", \"rw\": \"" << k.rw << "\", \"bs\": " << k.bs
-             << ", \"qd\": " << k.qd << ", " << iops_fields(v) << ", \"memory\": \""
+             << move_every_ms(k.buffers) << ", \"rw\": \"" << k.w.rw << "\", \"bs\": " << k.w.bs
+             << ", \"qd\": " << k.w.qd << ", " << iops_fields(v) << ", \"memory\": \""
              << memory_of(k.buffers) << '"' << cpu_fields(k);
         if (move_every_ms(k.buffers) != 0) {
             json << ", \"moves_median\": " << fixed(median_of(ex, "moves"), 0)
@@ -395,49 +454,98 @@ int main(int argc, char** argv) {
         std::printf("  %-12s %s\n", b.c_str(), memory_of(b).c_str());
     }
     std::printf("  %-12s %s\n", "MOVE runs", memory_of("dmabuf-test").c_str());
-    for (const auto& [rw, bs] : workloads) {
-        std::printf("\n%-24s", (rw + " bs=" + std::to_string(bs)).c_str());
+    // A workload with more kinds than fixed and dmabuf (the main ones; the sweep's have only
+    // those two): a block of every kind's IOPS and the ratios to the outside baselines.
+    auto wide = [&](const Workload& w) {
+        return std::any_of(kBuffers.begin(), kBuffers.end(), [&](const std::string& b) {
+            return b != "fixed" && b != "dmabuf" && planned(b, w);
+        });
+    };
+    const bool have_pt = std::find(modes.begin(), modes.end(), "pt") != modes.end();
+    for (const auto& w : workloads) {
+        if (!wide(w)) {
+            continue;
+        }
+        std::printf("\n%-24s", label(w).c_str());
         for (const auto& m : modes) {
             std::printf("%22s", m.c_str());
         }
         std::printf("\n");
         for (const auto& b : kBuffers) {
-            if (!planned(b, rw, bs)) {
+            if (!planned(b, w)) {
                 continue;
             }
             std::printf("  %-22s", b.c_str());
             for (const auto& m : modes) {
-                std::printf("%22s", spread(series(m, b, rw, bs)).c_str());
+                std::printf("%22s", spread(series(m, b, w)).c_str());
             }
             std::printf("\n");
         }
-        const double fixed_pt = lookup("pt", "fixed", rw, bs);
+        const double fixed_pt = lookup("pt", "fixed", w);
         auto ratio = [](double a, double b) {
             return a != 0 && b != 0 ? std::optional<double>(a / b) : std::nullopt;
         };
         for (const auto& m : modes) {
-            const double fixed_m = lookup(m, "fixed", rw, bs);
-            const double dma = lookup(m, "dmabuf", rw, bs);
+            const double fixed_m = lookup(m, "fixed", w);
+            const double dma = lookup(m, "dmabuf", w);
             std::printf("  %-6s fixed/fio-fixed %s", m.c_str(),
-                        fixed(ratio(fixed_m, lookup(m, "fio-fixed", rw, bs)), 2).c_str());
-            if (std::find(modes.begin(), modes.end(), "pt") != modes.end()) {
-                std::printf("   dmabuf/fixed(pt) %s", fixed(ratio(dma, fixed_pt), 2).c_str());
+                        fixed(ratio(fixed_m, lookup(m, "fio-fixed", w)), 2).c_str());
+            if (have_pt) {
+                std::printf("   dmabuf/fixed(pt, cross-boot) %s",
+                            fixed(ratio(dma, fixed_pt), 2).c_str());
             }
             // The goal: fio's dma-buf path within 10 % of dmabufio-bench's, in the same boot.
-            const auto r = ratio(lookup(m, "fio-dmabuf", rw, bs), dma);
+            const auto r = ratio(lookup(m, "fio-dmabuf", w), dma);
             std::printf("   fio-dmabuf/dmabuf %s%s\n", fixed(r, 2).c_str(),
                         r && (*r < 0.9 || *r > 1.1) ? " (outside 10 %)" : "");
         }
     }
 
+    // dmabuf against fixed buffers in every workload (the sweep's included), within each boot:
+    // the IOPS ratio with the min-max of the repetitions' own pairs, and the whole guest's CPU per
+    // I/O for each.
+    auto ratio_spread = [](const std::vector<double>& pairs, double a, double b) -> std::string {
+        if (pairs.empty() || a == 0 || b == 0) {
+            return "n/a";
+        }
+        const auto [lo, hi] = std::minmax_element(pairs.begin(), pairs.end());
+        std::array<char, 48> buf{};
+        std::snprintf(buf.data(), buf.size(), "%.2f (%.2f-%.2f)", a / b, *lo, *hi);
+        return buf.data();
+    };
+    std::printf(
+        "\ndmabuf against fixed buffers, each boot on its own: IOPS dmabuf/fixed (min-max of each "
+        "repetition's pair), and the whole guest's CPU us per I/O, fixed -> dmabuf (medians)\n"
+        "  %-22s",
+        "workload");
+    for (const auto& m : modes) {
+        std::printf("  %-33s", m.c_str());
+    }
+    std::printf("\n");
+    for (const auto& w : workloads) {
+        std::printf("  %-22s", label(w).c_str());
+        for (const auto& m : modes) {
+            const auto cell = ratio_spread(paired(m, "dmabuf", "fixed", w), lookup(m, "dmabuf", w),
+                                           lookup(m, "fixed", w)) +
+                              " " + fixed(median_of(extras_of(m, "fixed", w), "sys_cpu_us"), 1) +
+                              "->" + fixed(median_of(extras_of(m, "dmabuf", w), "sys_cpu_us"), 1);
+            std::printf("  %-33s", cell.c_str());
+        }
+        std::printf("\n");
+    }
+
     // Where the time goes: CPU microseconds per I/O, guest-side (dmabufio-bench: this process's
     // getrusage, and the whole guest's /proc/stat busy time; fio: its job process's) and host-side
     // (QEMU's threads, for dmabufio-bench's runs); n/a where a row has no such number.
+    // The main workloads' every kind (the sweep's are in the table above).
     bool cpu_header = false;
-    for (const auto& [rw, bs] : workloads) {
+    for (const auto& w : workloads) {
+        if (!wide(w)) {
+            continue;
+        }
         for (const auto& m : modes) {
             for (const auto& b : kBuffers) {
-                const Key* k = find_key(m, b, rw, bs);
+                const Key* k = find_key(m, b, w);
                 if (k == nullptr || !median_of(extras[*k], "cpu_us")) {
                     continue;
                 }
@@ -447,16 +555,16 @@ int main(int argc, char** argv) {
                         "whole guest; QEMU process = vCPU threads + main loop (NVMe + VT-d DMA) + "
                         "other; IOMMU maps, unmaps and IOTLB invalidations per I/O (guest "
                         "tracepoints)\n"
-                        "  %-16s %-7s %-10s %9s %9s %9s %9s %9s %9s %7s %7s %7s\n",
+                        "  %-18s %-7s %-10s %9s %9s %9s %9s %9s %9s %7s %7s %7s\n",
                         "workload", "iommu", "buffers", "g-proc", "g-system", "qemu", "vcpu",
                         "main", "other", "maps", "unmaps", "iotlb");
                     cpu_header = true;
                 }
                 const auto& ex = extras[*k];
                 const auto& q = qemu[*k];
-                std::printf("  %-16s %-7s %-10s %9s %9s %9s %9s %9s %9s %7s %7s %7s\n",
-                            (rw + " " + std::to_string(bs / 1024) + "K").c_str(), m.c_str(),
-                            b.c_str(), fixed(median_of(ex, "cpu_us"), 1).c_str(),
+                std::printf("  %-18s %-7s %-10s %9s %9s %9s %9s %9s %9s %7s %7s %7s\n",
+                            label(w).c_str(), m.c_str(), b.c_str(),
+                            fixed(median_of(ex, "cpu_us"), 1).c_str(),
                             fixed(median_of(ex, "sys_cpu_us"), 1).c_str(),
                             fixed(qemu_us_per_io(ex, q, "qemu_s"), 1).c_str(),
                             fixed(qemu_us_per_io(ex, q, "vcpu_s"), 1).c_str(),
@@ -480,42 +588,20 @@ int main(int argc, char** argv) {
             }
             if (!move_header) {
                 std::printf(
-                    "\n%s bs=%u qd=%u, test-exporter dma-buf: median IOPS (min-max) without and "
+                    "\n%s, test-exporter dma-buf: median IOPS (min-max) without and "
                     "with MOVE, their ratio (min-max of each repetition's pair); re-map latency "
                     "(MOVE return -> first completion of a later I/O), median over repetitions of "
                     "each run's p50 and p99; the exporter's mean map time and mean time from a "
                     "move's end to the end of the re-map (debugfs dmabuf_test), medians over "
                     "repetitions\n",
-                    k.rw.c_str(), k.bs, k.qd);
+                    label(k.w).c_str());
                 move_header = true;
             }
-            const Key* base = find_key(m, "dmabuf-test", k.rw, k.bs);
-            const Key* moved = find_key(m, k.buffers, k.rw, k.bs);
-            const std::vector<double>& still = base != nullptr ? runs.at(*base) : kNone;
-            const std::vector<double>& moving = moved != nullptr ? runs.at(*moved) : kNone;
-            std::vector<double> pairs;
-            if (base != nullptr && moved != nullptr) {
-                const auto& eb = extras.at(*base);
-                const auto& em = extras.at(*moved);
-                for (std::size_t i = 0; i < moving.size(); i++) {
-                    for (std::size_t j = 0; j < still.size(); j++) {
-                        if (rep_of(eb[j], j) == rep_of(em[i], i) && still[j] != 0) {
-                            pairs.push_back(moving[i] / still[j]);
-                            break;
-                        }
-                    }
-                }
-            }
-            std::string ratio = "n/a";
-            if (!pairs.empty() && median(still) != 0) {
-                const auto [lo, hi] = std::minmax_element(pairs.begin(), pairs.end());
-                std::array<char, 48> b{};
-                std::snprintf(b.data(), b.size(), "%.2f (%.2f-%.2f)",
-                              median(moving) / median(still), *lo, *hi);
-                ratio = b.data();
-            }
-            const std::vector<Extras> kNoExtras;
-            const auto& ex = moved != nullptr ? extras.at(*moved) : kNoExtras;
+            const auto& still = series(m, "dmabuf-test", k.w);
+            const auto& moving = series(m, k.buffers, k.w);
+            const std::string ratio = ratio_spread(paired(m, k.buffers, "dmabuf-test", k.w),
+                                                   median(moving), median(still));
+            const auto& ex = extras_of(m, k.buffers, k.w);
             std::printf(
                 "  %-6s no-move %19s  move/%ums %19s  ratio %-17s  moves %4s  re-map p50 %8sus "
                 "p99 %8sus  map %6sus  move end to re-mapped %6sus\n",
@@ -528,39 +614,64 @@ int main(int argc, char** argv) {
         }
     }
 
-    // The plot: each kind's IOPS over fixed buffers' median in passthrough (in the same boot
-    // where passthrough was not run), median bars with the row's min-max as whiskers.
-    const bool have_pt = std::find(modes.begin(), modes.end(), "pt") != modes.end();
+    // The plots. iops.png: the main workloads' kinds, IOPS over fixed buffers' median in
+    // passthrough (in the same boot where passthrough was not run). sweep.png: every workload,
+    // dmabuf/fixed in each boot (the repetitions' pairs), and the whole guest's CPU per I/O for
+    // both. Median bars, min-max whiskers.
+    auto bar = [](std::ostream& out, const std::vector<double>& v, double ref) {
+        if (v.empty() || ref == 0) {
+            out << " ? ? ?";
+            return;
+        }
+        const auto [lo, hi] = std::minmax_element(v.begin(), v.end());
+        out << ' ' << median(v) / ref << ' ' << *lo / ref << ' ' << *hi / ref;
+    };
     std::ofstream dat(dir + "/iops.dat");
-    for (const auto& [rw, bs] : workloads) {
+    for (const auto& w : workloads) {
         for (const auto& b : kBuffers) {
-            if (!planned(b, rw, bs)) {
+            if (!wide(w) || !planned(b, w)) {
                 continue;
             }
-            dat << '"' << rw << ' ' << bs / 1024 << "K " << b << '"';
+            dat << '"' << label(w) << ' ' << b << '"';
             for (const auto& m : modes) {
-                const auto& v = series(m, b, rw, bs);
-                const double ref = lookup(have_pt ? "pt" : m, "fixed", rw, bs);
-                if (v.empty() || ref == 0) {
-                    dat << " ? ? ?";
-                    continue;
-                }
-                const auto [lo, hi] = std::minmax_element(v.begin(), v.end());
-                dat << ' ' << median(v) / ref << ' ' << *lo / ref << ' ' << *hi / ref;
+                bar(dat, series(m, b, w), lookup(have_pt ? "pt" : m, "fixed", w));
             }
             dat << '\n';
         }
     }
     dat.close();
+    std::ofstream sdat(dir + "/sweep.dat");
+    for (const auto& w : workloads) {
+        sdat << '"' << label(w) << '"';
+        for (const auto& m : modes) {
+            const auto pairs = paired(m, "dmabuf", "fixed", w);
+            if (pairs.empty()) {
+                sdat << " ? ? ?";
+            } else {
+                const auto [lo, hi] = std::minmax_element(pairs.begin(), pairs.end());
+                sdat << ' ' << lookup(m, "dmabuf", w) / lookup(m, "fixed", w) << ' ' << *lo << ' '
+                     << *hi;
+            }
+        }
+        for (const auto& m : modes) {
+            for (const char* b : {"fixed", "dmabuf"}) {
+                bar(sdat, values_of(extras_of(m, b, w), "sys_cpu_us"), 1);
+            }
+        }
+        sdat << '\n';
+    }
+    sdat.close();
     std::ofstream gp(dir + "/iops.gp");
+    const std::string common =
+        "set style data histograms\nset style histogram errorbars gap 1 lw 1\n"
+        "set style fill solid 0.8\nset datafile missing '?'\nset xtics rotate by -30\n"
+        "set rmargin 10\nset key top left\nset grid ytics\n";
     gp << "set terminal pngcairo size 1100,600 noenhanced\nset output '" << dir << "/iops.png'\n"
        << "set title \"dmabuf-io: IOPS / fixed buffers' median IOPS "
        << (have_pt ? "in passthrough" : "in the same boot") << " (" << kernel
        << ")\\nbars: median; whiskers: min-max over " << reps_planned << " repetitions\"\n"
-       << "set style data histograms\nset style histogram errorbars gap 1 lw 1\n"
-       << "set style fill solid 0.8\nset datafile missing '?'\n"
-       << "set xtics rotate by -30\nset rmargin 10\nset ylabel 'IOPS / fixed"
-       << (have_pt ? " (pt)" : "") << "'\nset yrange [0:*]\nset key top left\nset grid ytics\n"
+       << common << "set ylabel 'IOPS / fixed" << (have_pt ? " (pt)" : "")
+       << "'\nset yrange [0:*]\n"
        << "set arrow from graph 0, first 1 to graph 1, first 1 nohead dashtype 2\n"
        << "plot";
     for (std::size_t i = 0; i < modes.size(); i++) {
@@ -568,12 +679,33 @@ int main(int argc, char** argv) {
            << 3 * i + 3 << ':' << 3 * i + 4 << (i == 0 ? ":xtic(1)" : "") << " title '" << modes[i]
            << "'";
     }
-    gp << "\n";
+    gp << "\nunset arrow\nset terminal pngcairo size 1400,1000 noenhanced\nset output '" << dir
+       << "/sweep.png'\nset multiplot layout 2,1\nset title \"dmabuf / fixed buffers' IOPS, "
+          "each boot on its own ("
+       << kernel << ")\\nbars: median; whiskers: min-max of the repetitions' pairs\"\n"
+       << common << "set ylabel 'IOPS dmabuf / fixed'\nset yrange [0:*]\n"
+       << "set arrow from graph 0, first 1 to graph 1, first 1 nohead dashtype 2\nplot";
+    for (std::size_t i = 0; i < modes.size(); i++) {
+        gp << (i != 0 ? "," : "") << " '" << dir << "/sweep.dat' using " << 3 * i + 2 << ':'
+           << 3 * i + 3 << ':' << 3 * i + 4 << (i == 0 ? ":xtic(1)" : "") << " title '" << modes[i]
+           << "'";
+    }
+    gp << "\nunset arrow\nset title \"the whole guest's CPU us per I/O (log scale)\\nbars: "
+          "median; whiskers: min-max\"\nset ylabel 'CPU us per I/O'\nset logscale y\n"
+          "set yrange [*:*]\nplot";
+    const std::size_t first = 3 * modes.size() + 2;
+    for (std::size_t i = 0; i < 2 * modes.size(); i++) {
+        gp << (i != 0 ? "," : "") << " '" << dir << "/sweep.dat' using " << first + 3 * i << ':'
+           << first + 3 * i + 1 << ':' << first + 3 * i + 2 << (i == 0 ? ":xtic(1)" : "")
+           << " title '" << modes[i / 2] << (i % 2 == 0 ? " fixed" : " dmabuf") << "'";
+    }
+    gp << "\nunset multiplot\n";
     gp.close();
     const std::string cmd = "gnuplot '" + dir + "/iops.gp'";
     const bool plotted = std::system(cmd.c_str()) == 0;
     if (plotted) {
-        std::printf("\nwrote %s/results.json and %s/iops.png\n", dir.c_str(), dir.c_str());
+        std::printf("\nwrote %s/results.json, %s/iops.png and %s/sweep.png\n", dir.c_str(),
+                    dir.c_str(), dir.c_str());
     } else {
         std::cerr << "dmabufio-bench-report: gnuplot failed; the table and results.json stand\n";
     }
