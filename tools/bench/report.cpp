@@ -591,7 +591,9 @@ int main(int argc, char** argv) {
                     "\n%s, test-exporter dma-buf: median IOPS (min-max) without and "
                     "with MOVE, their ratio (min-max of each repetition's pair); re-map latency "
                     "(MOVE return -> first completion of a later I/O), median over repetitions of "
-                    "each run's p50 and p99; the exporter's mean map time and mean time from a "
+                    "each run's p50 and p99, next to the no-MOVE run's I/O latency p50 and p99 "
+                    "(an I/O issued after a MOVE waits behind the queue depth's I/O as any does); "
+                    "the exporter's mean map time and mean time from a "
                     "move's end to the end of the re-map (debugfs dmabuf_test), medians over "
                     "repetitions\n",
                     label(k.w).c_str());
@@ -604,11 +606,14 @@ int main(int argc, char** argv) {
             const auto& ex = extras_of(m, k.buffers, k.w);
             std::printf(
                 "  %-6s no-move %19s  move/%ums %19s  ratio %-17s  moves %4s  re-map p50 %8sus "
-                "p99 %8sus  map %6sus  move end to re-mapped %6sus\n",
+                "p99 %8sus  (I/O p50 %8sus p99 %8sus)  map %6sus  move end to re-mapped "
+                "%6sus\n",
                 m.c_str(), spread(still).c_str(), every, spread(moving).c_str(), ratio.c_str(),
                 fixed(median_of(ex, "moves"), 0).c_str(),
                 fixed(median_of(ex, "remap_p50"), 1).c_str(),
                 fixed(median_of(ex, "remap_p99"), 1).c_str(),
+                fixed(median_of(extras_of(m, "dmabuf-test", k.w), "lat_p50"), 1).c_str(),
+                fixed(median_of(extras_of(m, "dmabuf-test", k.w), "lat_p99"), 1).c_str(),
                 fixed(median_of(ex, "map_us"), 0).c_str(),
                 fixed(median_of(ex, "xremap_us"), 0).c_str());
         }
