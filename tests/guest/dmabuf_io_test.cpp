@@ -33,7 +33,7 @@ using guest::kGiB;
 using guest::kKiB;
 using guest::kMiB;
 
-// udmabuf caps a buffer at size_limit_mb (64 MiB by default); the tests need up to 2 GiB.
+// udmabuf caps a buffer at size_limit_mb (64 MiB by default); the tests need up to 1 GiB.
 void raise_udmabuf_limit() {
     std::ofstream("/sys/module/udmabuf/parameters/size_limit_mb") << 4096 << std::endl;
 }
@@ -107,9 +107,15 @@ std::string name(const testing::TestParamInfo<DmaBufIo::ParamType>& info) {
     return std::string(dmabufio::to_string(e)) + "_" + std::to_string(size / kKiB) + "KiB";
 }
 
+// udmabuf stops at 1 GiB: its creation pins every 4 KiB memfd page one by one, ~2 min a GiB on
+// the debug kernel under TCG; the system heap's large pages make the 2 GiB case cheap.
 INSTANTIATE_TEST_SUITE_P(Sizes, DmaBufIo,
-                         testing::Combine(testing::Values(Exporter::kUdmabuf, Exporter::kHeap),
-                                          testing::Values(4 * kMiB + 0, 64 * kMiB, 2 * kGiB)),
+                         testing::Values(std::tuple{Exporter::kUdmabuf, 4 * kMiB},
+                                         std::tuple{Exporter::kUdmabuf, 64 * kMiB},
+                                         std::tuple{Exporter::kUdmabuf, kGiB},
+                                         std::tuple{Exporter::kHeap, 4 * kMiB},
+                                         std::tuple{Exporter::kHeap, 64 * kMiB},
+                                         std::tuple{Exporter::kHeap, 2 * kGiB}),
                          name);
 
 TEST(DmaBufIoSmall, OnePageBuffer) {
