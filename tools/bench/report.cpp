@@ -504,13 +504,22 @@ int main(int argc, char** argv) {
     // dmabuf against fixed buffers in every workload (the sweep's included), within each boot:
     // the IOPS ratio with the min-max of the repetitions' own pairs, and the whole guest's CPU per
     // I/O for each.
-    auto ratio_spread = [](const std::vector<double>& pairs, double a, double b) -> std::string {
+    // Medians A over B and the min-max of the pairs; none without pairs.
+    auto ratio_of = [](const std::vector<double>& pairs, double a,
+                       double b) -> std::optional<std::array<double, 3>> {
         if (pairs.empty() || a == 0 || b == 0) {
-            return "n/a";
+            return std::nullopt;
         }
         const auto [lo, hi] = std::minmax_element(pairs.begin(), pairs.end());
+        return std::array<double, 3>{a / b, *lo, *hi};
+    };
+    auto ratio_spread = [&](const std::vector<double>& pairs, double a, double b) -> std::string {
+        const auto r = ratio_of(pairs, a, b);
+        if (!r) {
+            return "n/a";
+        }
         std::array<char, 48> buf{};
-        std::snprintf(buf.data(), buf.size(), "%.2f (%.2f-%.2f)", a / b, *lo, *hi);
+        std::snprintf(buf.data(), buf.size(), "%.2f (%.2f-%.2f)", (*r)[0], (*r)[1], (*r)[2]);
         return buf.data();
     };
     std::printf(
@@ -649,13 +658,12 @@ int main(int argc, char** argv) {
     for (const auto& w : workloads) {
         sdat << '"' << label(w) << '"';
         for (const auto& m : modes) {
-            const auto pairs = paired(m, "dmabuf", "fixed", w);
-            if (pairs.empty()) {
-                sdat << " ? ? ?";
+            const auto r = ratio_of(paired(m, "dmabuf", "fixed", w), lookup(m, "dmabuf", w),
+                                    lookup(m, "fixed", w));
+            if (r) {
+                sdat << ' ' << (*r)[0] << ' ' << (*r)[1] << ' ' << (*r)[2];
             } else {
-                const auto [lo, hi] = std::minmax_element(pairs.begin(), pairs.end());
-                sdat << ' ' << lookup(m, "dmabuf", w) / lookup(m, "fixed", w) << ' ' << *lo << ' '
-                     << *hi;
+                sdat << " ? ? ?";
             }
         }
         for (const auto& m : modes) {
@@ -679,31 +687,33 @@ int main(int argc, char** argv) {
        << "'\nset yrange [0:*]\n"
        << "set arrow from graph 0, first 1 to graph 1, first 1 nohead dashtype 2\n"
        << "plot";
-    for (std::size_t i = 0; i < modes.size(); i++) {
-        gp << (i != 0 ? "," : "") << " '" << dir << "/iops.dat' using " << 3 * i + 2 << ':'
-           << 3 * i + 3 << ':' << 3 * i + 4 << (i == 0 ? ":xtic(1)" : "") << " title '" << modes[i]
-           << "'";
-    }
+    // One "'DAT' using c:c+1:c+2 title T" per title, three columns each from column FIRST
+    // (median, min, max), the first one also naming the x tics.
+    auto plot = [&](const char* dat, std::size_t first, const std::vector<std::string>& titles) {
+        for (std::size_t i = 0; i < titles.size(); i++) {
+            const std::size_t c = first + 3 * i;
+            gp << (i != 0 ? "," : "") << " '" << dir << '/' << dat << "' using " << c << ':'
+               << c + 1 << ':' << c + 2 << (i == 0 ? ":xtic(1)" : "") << " title '" << titles[i]
+               << "'";
+        }
+    };
+    plot("iops.dat", 2, modes);
     gp << "\nunset arrow\nset terminal pngcairo size 1400,1000 noenhanced\nset output '" << dir
        << "/sweep.png'\nset multiplot layout 2,1\nset title \"dmabuf / fixed buffers' IOPS, "
           "each boot on its own ("
        << kernel << ")\\nbars: median; whiskers: min-max of the repetitions' pairs\"\n"
        << common << "set ylabel 'IOPS dmabuf / fixed'\nset yrange [0:*]\n"
        << "set arrow from graph 0, first 1 to graph 1, first 1 nohead dashtype 2\nplot";
-    for (std::size_t i = 0; i < modes.size(); i++) {
-        gp << (i != 0 ? "," : "") << " '" << dir << "/sweep.dat' using " << 3 * i + 2 << ':'
-           << 3 * i + 3 << ':' << 3 * i + 4 << (i == 0 ? ":xtic(1)" : "") << " title '" << modes[i]
-           << "'";
-    }
+    plot("sweep.dat", 2, modes);
     gp << "\nunset arrow\nset title \"the whole guest's CPU us per I/O (log scale)\\nbars: "
           "median; whiskers: min-max\"\nset ylabel 'CPU us per I/O'\nset logscale y\n"
           "set yrange [*:*]\nplot";
-    const std::size_t first = 3 * modes.size() + 2;
-    for (std::size_t i = 0; i < 2 * modes.size(); i++) {
-        gp << (i != 0 ? "," : "") << " '" << dir << "/sweep.dat' using " << first + 3 * i << ':'
-           << first + 3 * i + 1 << ':' << first + 3 * i + 2 << (i == 0 ? ":xtic(1)" : "")
-           << " title '" << modes[i / 2] << (i % 2 == 0 ? " fixed" : " dmabuf") << "'";
+    std::vector<std::string> cpu_titles;
+    for (const auto& m : modes) {
+        cpu_titles.push_back(m + " fixed");
+        cpu_titles.push_back(m + " dmabuf");
     }
+    plot("sweep.dat", 3 * modes.size() + 2, cpu_titles);
     gp << "\nunset multiplot\n";
     gp.close();
     const std::string cmd = "gnuplot '" + dir + "/iops.gp'";
