@@ -28,9 +28,9 @@
 //
 // Prints IOPS, bandwidth, latency percentiles (submission to completion, every I/O), CPU time per
 // I/O of this process (getrusage user+sys) and of the whole system (/proc/stat busy time: also
-// interrupts and kernel threads), IOMMU maps, unmaps and IOTLB invalidations per I/O (system-wide
-// tracepoint counts, tools/bench/iommu_counters.hpp), and with --move-every the moves and re-map
-// latencies.
+// interrupts and kernel threads), IOMMU maps, unmaps and IOTLB invalidations and plugged batches
+// per I/O (system-wide tracepoint counts, tools/bench/trace_counters.hpp), and with --move-every
+// the moves and re-map latencies.
 #include <getopt.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -62,8 +62,8 @@
 #include "dmabufio/error.hpp"
 #include "dmabufio/file.hpp"
 #include "dmabufio/ring.hpp"
-#include "iommu_counters.hpp"
 #include "options.hpp"
+#include "trace_counters.hpp"
 
 namespace {
 
@@ -400,9 +400,9 @@ int run(const Options& o) {
             std::ofstream(o.mark, std::ios::trunc) << what << '\n';
         }
     };
-    const dmabufio::bench::IommuCounters iommu;
+    const dmabufio::bench::TraceCounters counters;
     mark("start");
-    const dmabufio::bench::IommuCounts iommu0 = iommu.read();
+    const dmabufio::bench::TraceCounts counts0 = counters.read();
     const std::optional<ExporterTiming> exp0 =
         moves ? ExporterTiming::read() : std::optional<ExporterTiming>{};
     const double cpu0 = process_cpu_seconds();
@@ -493,7 +493,7 @@ int run(const Options& o) {
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     const double cpu = process_cpu_seconds() - cpu0;
     const double sys = system_busy_seconds() - sys0;
-    const dmabufio::bench::IommuCounts iommu1 = iommu.read();
+    const dmabufio::bench::TraceCounts counts1 = counters.read();
     const std::optional<ExporterTiming> exp1 =
         exp0 ? ExporterTiming::read() : std::optional<ExporterTiming>{};
     mark("stop");
@@ -561,18 +561,19 @@ int run(const Options& o) {
     ro.register_ring_fd = o.register_ring;
     const std::string ring_desc = dmabufio::describe(ro);
     const char* exporter = dmabuf || compat ? dmabufio::to_string(o.exporter) : "";
-    // IOMMU operations per I/O (system-wide counts over the timed run; JSON null, text "n/a" where
-    // the counters are unavailable).
-    std::array<std::string, 3> iommu_per_io{"null", "null", "null"};
-    if (iommu.available() && done != 0) {
-        const std::array<std::uint64_t, 3> d{
-            iommu1.maps - iommu0.maps, iommu1.unmaps - iommu0.unmaps,
-            iommu1.iotlb_invalidations - iommu0.iotlb_invalidations};
+    // IOMMU operations and plugged batches per I/O (system-wide counts over the timed run; JSON
+    // null where the counters are unavailable).
+    std::array<std::string, 4> counted{"null", "null", "null", "null"};
+    if (counters.available() && done != 0) {
+        const std::array<std::uint64_t, 4> d{
+            counts1.maps - counts0.maps, counts1.unmaps - counts0.unmaps,
+            counts1.iotlb_invalidations - counts0.iotlb_invalidations,
+            counts1.plug_batches - counts0.plug_batches};
         for (std::size_t i = 0; i < d.size(); i++) {
             std::array<char, 32> b{};
             std::snprintf(b.data(), b.size(), "%.4f",
                           static_cast<double>(d[i]) / static_cast<double>(done));
-            iommu_per_io[i] = b.data();
+            counted[i] = b.data();
         }
     }
     if (o.json) {
@@ -588,8 +589,8 @@ int run(const Options& o) {
             path);
         std::printf(
             ", \"iommu_maps_per_io\": %s, \"iommu_unmaps_per_io\": %s, "
-            "\"iotlb_invalidations_per_io\": %s",
-            iommu_per_io[0].c_str(), iommu_per_io[1].c_str(), iommu_per_io[2].c_str());
+            "\"iotlb_invalidations_per_io\": %s, \"plug_batches_per_io\": %s",
+            counted[0].c_str(), counted[1].c_str(), counted[2].c_str(), counted[3].c_str());
         if (moves) {
             std::printf(
                 ", \"move_every_ms\": %u, \"moves\": %llu, \"moves_remapped\": %llu, "
@@ -613,11 +614,12 @@ int run(const Options& o) {
         if (dmabuf || compat) {
             std::printf("  buffer path: %s\n", path);
         }
-        if (iommu.available()) {
-            std::printf("  IOMMU per I/O: maps %s, unmaps %s, IOTLB invalidations %s\n",
-                        iommu_per_io[0].c_str(), iommu_per_io[1].c_str(), iommu_per_io[2].c_str());
+        if (counters.available()) {
+            std::printf(
+                "  per I/O: IOMMU maps %s, unmaps %s, IOTLB invalidations %s; plugged batches %s\n",
+                counted[0].c_str(), counted[1].c_str(), counted[2].c_str(), counted[3].c_str());
         } else {
-            std::printf("  IOMMU per I/O: not counted (%s)\n", iommu.why().c_str());
+            std::printf("  per I/O: not counted (%s)\n", counters.why().c_str());
         }
         if (moves) {
             std::printf(

@@ -374,10 +374,11 @@ int main(int argc, char** argv) {
                 f << ", \"" << key << "\": " << *v;
             }
         }
-        // IOMMU work per I/O (dmabufio-bench's tracepoint counters), median over repetitions.
+        // IOMMU work and plugged batches per I/O (dmabufio-bench's tracepoint counters), median
+        // over repetitions.
         f.precision(4);
-        for (const char* field :
-             {"iommu_maps_per_io", "iommu_unmaps_per_io", "iotlb_invalidations_per_io"}) {
+        for (const char* field : {"iommu_maps_per_io", "iommu_unmaps_per_io",
+                                  "iotlb_invalidations_per_io", "plug_batches_per_io"}) {
             if (const auto v = median_of(ex, field)) {
                 f << ", \"" << field << "\": " << *v;
             }

@@ -1,4 +1,4 @@
-#include "iommu_counters.hpp"
+#include "trace_counters.hpp"
 
 #include <linux/perf_event.h>
 #include <sys/syscall.h>
@@ -26,16 +26,17 @@ long tracepoint_id(const std::string& event) {
 
 }  // namespace
 
-IommuCounters::IommuCounters() {
+TraceCounters::TraceCounters() {
     struct Want {
         const char* event;
         int kind;
     };
-    const std::array<Want, 5> wants{{{"iommu/map", 0},
+    const std::array<Want, 6> wants{{{"iommu/map", 0},
                                      {"iommu/unmap", 1},
                                      {"intel_iommu/cache_tag_flush_range", 2},
                                      {"intel_iommu/cache_tag_flush_range_np", 2},
-                                     {"intel_iommu/cache_tag_flush_all", 2}}};
+                                     {"intel_iommu/cache_tag_flush_all", 2},
+                                     {"block/block_plug", 3}}};
     const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
     for (const Want& w : wants) {
         const long id = tracepoint_id(w.event);
@@ -64,8 +65,8 @@ IommuCounters::IommuCounters() {
     }
 }
 
-IommuCounts IommuCounters::read() const {
-    IommuCounts c;
+TraceCounts TraceCounters::read() const {
+    TraceCounts c;
     for (const Event& e : events_) {
         std::uint64_t sum = 0;
         for (const Fd& fd : e.per_cpu) {
@@ -74,7 +75,20 @@ IommuCounts IommuCounters::read() const {
                 sum += v;
             }
         }
-        (e.kind == 0 ? c.maps : e.kind == 1 ? c.unmaps : c.iotlb_invalidations) += sum;
+        switch (e.kind) {
+            case 0:
+                c.maps += sum;
+                break;
+            case 1:
+                c.unmaps += sum;
+                break;
+            case 2:
+                c.iotlb_invalidations += sum;
+                break;
+            default:
+                c.plug_batches += sum;
+                break;
+        }
     }
     return c;
 }
