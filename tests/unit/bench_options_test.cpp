@@ -105,6 +105,13 @@ TEST(BenchOptions, CompatBuffersAreAKindAndTheOldFallbackFlagIsGone) {
     }
 }
 
+TEST(BenchOptions, HugepagesForPlainFixedAndUdmabuf) {
+    EXPECT_FALSE(parse({"/dev/x"}).hugepages);
+    EXPECT_TRUE(parse({"--hugepages", "/dev/x"}).hugepages);
+    EXPECT_TRUE(parse({"--hugepages", "--buffers", "plain", "/dev/x"}).hugepages);
+    EXPECT_TRUE(parse({"--hugepages", "--buffers", "dmabuf", "/dev/x"}).hugepages);
+}
+
 TEST(BenchOptions, FixedBuffersFlagIsBuffersFixedOrPlain) {
     EXPECT_EQ(parse({"-B", "0", "/dev/x"}).buffers, "plain");
     EXPECT_EQ(parse({"-B", "1", "/dev/x"}).buffers, "fixed");
@@ -136,6 +143,11 @@ TEST(BenchOptions, ErrorsSayWhatIsWrong) {
     EXPECT_NE(error({"--buffers", "dmabuf", "--move-every", "10", "/dev/a"}).find("--dmabuf test"),
               std::string::npos);
     EXPECT_NE(error({"-r", "0", "/dev/a"}).find("positive number of seconds"), std::string::npos);
+    EXPECT_NE(error({"--hugepages", "--buffers", "compat", "/dev/a"}).find("--hugepages takes"),
+              std::string::npos);
+    EXPECT_NE(error({"--hugepages", "--buffers", "dmabuf", "--dmabuf", "heap", "/dev/a"})
+                  .find("the dma-buf from udmabuf"),
+              std::string::npos);
     EXPECT_NE(error({"--bogus", "/dev/a"}).find("unknown option"), std::string::npos);
 }
 

@@ -19,6 +19,8 @@
 //                      I/O submitted after that return (median, p99 over all moves); and, from
 //                      the test exporter's debugfs, the mean time a map took and the mean time
 //                      from a move's end to the end of the map that followed it
+//     --hugepages   the buffers on 2 MiB pages: plain and fixed from mmap(MAP_HUGETLB), dmabuf
+//                   from udmabuf over a hugetlbfs memfd (reserve them: /proc/sys/vm/nr_hugepages)
 //     --json        one JSON object on stdout
 //     --progress, --no-progress
 //                   a line a second on stderr, as t/io_uring's: "IOPS=..., BW=...MiB/s,
@@ -31,7 +33,10 @@
 // interrupts and kernel threads), IOMMU maps, unmaps and IOTLB invalidations and plugged batches
 // per I/O (system-wide tracepoint counts, tools/bench/trace_counters.hpp), and with --move-every
 // the moves and re-map latencies.
+#include <fcntl.h>
 #include <getopt.h>
+#include <linux/udmabuf.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -146,15 +151,30 @@ std::int64_t now_ns() {
         .count();
 }
 
-// Anonymous, page-aligned I/O memory on 4 KiB pages (MADV_NOHUGEPAGE before the first touch, so
-// that no transparent huge page backs it: the other kinds, udmabuf's memfd pages included, are on
-// 4 KiB pages too), populated.
+constexpr std::size_t kHugePage = std::size_t{2} << 20;
+const char* const kReserveHugePages =
+    "reserve 2 MiB pages first: echo N > /proc/sys/vm/nr_hugepages (the kernel needs "
+    "CONFIG_HUGETLBFS)";
+
+std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
+
+// Anonymous, page-aligned I/O memory, populated. On 4 KiB pages (MADV_NOHUGEPAGE before the first
+// touch, so that no transparent huge page backs it: the other kinds, udmabuf's memfd pages
+// included, are on 4 KiB pages too), or with huge on 2 MiB hugetlb pages.
 class Memory {
   public:
-    explicit Memory(std::size_t n) : size_(n) {
-        ptr_ = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    Memory(std::size_t n, bool huge) : size_(huge ? round_up(n, kHugePage) : n) {
+        ptr_ = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | (huge ? MAP_HUGETLB : 0), -1, 0);
         if (ptr_ == MAP_FAILED) {
-            dmabufio::throw_error(errno, "allocate " + std::to_string(n) + " bytes of I/O buffers");
+            dmabufio::throw_error(errno,
+                                  "allocate " + std::to_string(size_) + " bytes of I/O buffers" +
+                                      (huge ? " on 2 MiB pages" : ""),
+                                  huge ? kReserveHugePages : "");
+        }
+        if (huge) {
+            std::memset(ptr_, 0x5a, size_);
+            return;
         }
         // A kernel without transparent huge pages (EINVAL) or without madvise at all (ENOSYS: the
         // lab's tinyconfig kernels) has 4 KiB pages only; any other failure, or one on a kernel
@@ -167,7 +187,7 @@ class Memory {
                 dmabufio::throw_error(err, "madvise(MADV_NOHUGEPAGE) the I/O buffers");
             }
         }
-        std::memset(ptr_, 0x5a, n);
+        std::memset(ptr_, 0x5a, size_);
     }
     Memory(const Memory&) = delete;
     Memory& operator=(const Memory&) = delete;
@@ -180,6 +200,35 @@ class Memory {
     std::size_t size_;
     void* ptr_ = nullptr;
 };
+
+// A udmabuf over a sealed hugetlbfs memfd: size bytes (a multiple of 2 MiB) on 2 MiB pages.
+dmabufio::DmaBuf huge_udmabuf(std::size_t size) {
+    dmabufio::Fd memfd(
+        ::memfd_create("dmabufio-bench", MFD_HUGETLB | MFD_ALLOW_SEALING | MFD_CLOEXEC));
+    if (!memfd.valid()) {
+        dmabufio::throw_error(errno, "memfd_create(MFD_HUGETLB) for a udmabuf", kReserveHugePages);
+    }
+    if (::fallocate(memfd.get(), 0, 0, static_cast<off_t>(size)) != 0) {
+        dmabufio::throw_error(errno, "allocate " + std::to_string(size) + " bytes of 2 MiB pages",
+                              kReserveHugePages);
+    }
+    if (::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK) != 0) {
+        dmabufio::throw_error(errno, "seal the memfd behind a udmabuf");
+    }
+    const dmabufio::Fd dev(::open("/dev/udmabuf", O_RDWR | O_CLOEXEC));
+    if (!dev.valid()) {
+        dmabufio::throw_error(errno, "open /dev/udmabuf", "the kernel needs CONFIG_UDMABUF");
+    }
+    udmabuf_create create{};
+    create.memfd = static_cast<__u32>(memfd.get());
+    create.flags = UDMABUF_FLAGS_CLOEXEC;
+    create.size = size;
+    const int fd = ::ioctl(dev.get(), UDMABUF_CREATE, &create);
+    if (fd < 0) {
+        dmabufio::throw_error(errno, "UDMABUF_CREATE over 2 MiB pages");
+    }
+    return {dmabufio::Fd(fd), size, dmabufio::Exporter::kUdmabuf};
+}
 
 // What the mover thread publishes: move g (1-based) returned from its ioctl at ret_ns[g]; the
 // first completion of an I/O prepared after that return is first_done_ns[g] (any thread).
@@ -353,7 +402,11 @@ int run(const Options& o) {
     if (dmabuf || compat) {
         // One dma-buf, each thread registers it once in its own ring and uses its own region.
         const std::size_t bytes = per_thread * o.threads;
-        dbuf.emplace(dmabufio::DmaBuf::allocate(o.exporter, (bytes + page - 1) / page * page));
+        if (o.hugepages) {
+            dbuf.emplace(huge_udmabuf(round_up(bytes, kHugePage)));
+        } else {
+            dbuf.emplace(dmabufio::DmaBuf::allocate(o.exporter, round_up(bytes, page)));
+        }
     }
     std::vector<Worker> workers(o.threads);
     for (unsigned t = 0; t < o.threads; t++) {
@@ -375,7 +428,7 @@ int run(const Options& o) {
                 w.table->register_dmabuf_compat(0, *dbuf, (per_thread + page - 1) / page * page);
             w.dma_base = per_thread * t;
         } else {
-            w.mem = std::make_unique<Memory>(per_thread);
+            w.mem = std::make_unique<Memory>(per_thread, o.hugepages);
             if (o.buffers == "fixed") {
                 iovec iov{w.mem->data(), per_thread};
                 w.ring->register_buffers({&iov, 1});
@@ -582,11 +635,11 @@ int run(const Options& o) {
             "\"seconds\": %.3f, \"iops\": %.0f, \"mb_per_s\": %.1f, \"lat_us\": {\"p50\": %.1f, "
             "\"p99\": %.1f, \"p99.9\": %.1f}, \"cpu_us_per_io\": %.2f, "
             "\"sys_cpu_us_per_io\": %.2f, \"threads\": %u, \"ring\": \"%s\", "
-            "\"fixed_files\": %s, \"exporter\": \"%s\", \"path\": \"%s\"",
+            "\"fixed_files\": %s, \"exporter\": \"%s\", \"path\": \"%s\", \"hugepages\": %s",
             o.buffers.c_str(), o.random ? "rand" : "", o.write ? "write" : "read", o.bs, o.depth,
             static_cast<unsigned long long>(done), secs, iops, mbps, p50, p99, p999, cpu * per_io,
             sys * per_io, o.threads, ring_desc.c_str(), o.fixed_files ? "true" : "false", exporter,
-            path);
+            path, o.hugepages ? "true" : "false");
         std::printf(
             ", \"iommu_maps_per_io\": %s, \"iommu_unmaps_per_io\": %s, "
             "\"iotlb_invalidations_per_io\": %s, \"plug_batches_per_io\": %s",
@@ -605,9 +658,10 @@ int run(const Options& o) {
         std::printf("}\n");
     } else {
         std::printf(
-            "%s%s%s %s%s bs=%u qd=%u threads=%u ring=%s: IOPS=%.0f BW=%.1fMB/s lat p50=%.1fus "
+            "%s%s%s%s %s%s bs=%u qd=%u threads=%u ring=%s: IOPS=%.0f BW=%.1fMB/s lat p50=%.1fus "
             "p99=%.1fus p99.9=%.1fus cpu/io=%.2fus (system %.2fus) (%llu I/Os in %.2fs)\n",
-            o.buffers.c_str(), dmabuf || compat ? "/" : "", exporter, o.random ? "rand" : "seq",
+            o.buffers.c_str(), dmabuf || compat ? "/" : "", exporter,
+            o.hugepages ? " (2 MiB pages)" : "", o.random ? "rand" : "seq",
             o.write ? "write" : "read", o.bs, o.depth, o.threads, ring_desc.c_str(), iops, mbps,
             p50, p99, p999, cpu * per_io, sys * per_io, static_cast<unsigned long long>(done),
             secs);

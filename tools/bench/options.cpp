@@ -50,10 +50,11 @@ Options parse_options(int argc, char** argv) {
         kMoveEvery,
         kMark,
         kProgress,
-        kNoProgress
+        kNoProgress,
+        kHugepages
     };
     int progress = -1;  // -1: not said (no progress with --json)
-    const std::array<option, 10> longopts{{{"buffers", required_argument, nullptr, kBuffers},
+    const std::array<option, 11> longopts{{{"buffers", required_argument, nullptr, kBuffers},
                                            {"dmabuf", required_argument, nullptr, kDmaBuf},
                                            {"json", no_argument, nullptr, kJson},
                                            {"span", required_argument, nullptr, kSpan},
@@ -62,6 +63,7 @@ Options parse_options(int argc, char** argv) {
                                            {"mark", required_argument, nullptr, kMark},
                                            {"progress", no_argument, nullptr, kProgress},
                                            {"no-progress", no_argument, nullptr, kNoProgress},
+                                           {"hugepages", no_argument, nullptr, kHugepages},
                                            {nullptr, 0, nullptr, 0}}};
     optind = 0;  // a full getopt reset: parse_options() may run more than once (unit tests)
     int c = 0;
@@ -139,6 +141,9 @@ Options parse_options(int argc, char** argv) {
             case kNoProgress:
                 progress = 0;
                 break;
+            case kHugepages:
+                o.hugepages = true;
+                break;
             default:
                 usage("unknown option");
         }
@@ -163,6 +168,12 @@ Options parse_options(int argc, char** argv) {
     }
     if (o.move_every_ms != 0 && (o.buffers != "dmabuf" || o.exporter != Exporter::kTest)) {
         usage("--move-every needs --buffers dmabuf --dmabuf test (only the test exporter MOVEs)");
+    }
+    if (o.hugepages &&
+        (o.buffers == "compat" || (o.buffers == "dmabuf" && o.exporter != Exporter::kUdmabuf))) {
+        usage(
+            "--hugepages takes plain, fixed or dmabuf buffers, the dma-buf from udmabuf (a "
+            "hugetlbfs memfd)");
     }
     o.submit_batch = std::clamp(o.submit_batch, 1U, o.depth);
     o.complete_batch = std::clamp(o.complete_batch, 1U, o.depth);

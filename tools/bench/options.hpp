@@ -26,6 +26,8 @@ struct Options {
     std::uint64_t span = 0;
     std::string buffers = "fixed";
     Exporter exporter = Exporter::kUdmabuf;
+    // --hugepages: the buffers on 2 MiB hugetlb pages (plain, fixed, and dmabuf from udmabuf)
+    bool hugepages = false;
     unsigned move_every_ms = 0;
     bool json = false;
     // A line a second on stderr ("IOPS=..., BW=...MiB/s, IOS/call=..."): by default without

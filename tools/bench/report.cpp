@@ -64,8 +64,11 @@ double median(std::vector<double> v) {
 // fio-fixed and fio-dmabuf: the patched fio (tools/fio/build), registered user memory and
 // dmabuf=udmabuf (dmabufio-bench's default exporter), with the same batching.
 // compat: the library's compat mode (O_DIRECT into host memory, copied into the dma-buf).
-const std::vector<std::string> kBuffers{"plain",  "fixed",     "dmabuf",
-                                        "compat", "fio-fixed", "fio-dmabuf"};
+// fixed-2M and dmabuf-2M: fixed and dmabuf on 2 MiB hugetlb pages (dmabufio-bench --hugepages).
+const std::vector<std::string> kBuffers{"plain",     "fixed",      "dmabuf",   "compat",
+                                        "fio-fixed", "fio-dmabuf", "fixed-2M", "dmabuf-2M"};
+// dmabuf against fixed buffers on the same kind of pages: the name suffix of both kinds.
+const std::array<std::string, 2> kPageKinds{"", "-2M"};
 
 // The MOVE comparison's runs (guest-matrix): "dmabuf-test" (no MOVE), "dmabuf-test-moveNms".
 bool is_move_run(const std::string& buffers) { return buffers.rfind("dmabuf-test", 0) == 0; }
@@ -88,6 +91,10 @@ const std::map<std::string, std::string> kMemory{
      "madvise), then is copied"},
     {"fio-fixed", "fio mem=mmap: anonymous mmap, registered"},
     {"fio-dmabuf", "fio dmabuf=udmabuf: udmabuf over a sealed memfd (shmem pages)"},
+    {"fixed-2M",
+     "anonymous mmap(MAP_HUGETLB), 2 MiB pages (dmabufio-bench --hugepages), registered"},
+    {"dmabuf-2M",
+     "udmabuf over a sealed hugetlbfs memfd, 2 MiB pages (dmabufio-bench --hugepages)"},
     {"dmabuf-test", "the test exporter's pages (alloc_page, order 0)"},
 };
 
@@ -450,7 +457,7 @@ int main(int argc, char** argv) {
     for (const auto& m : modes) {
         std::printf(" %s %s;", m.c_str(), thp[m].c_str());
     }
-    std::printf(" without them every kind is on 4 KiB pages):\n");
+    std::printf(" without them every kind but the -2M ones is on 4 KiB pages):\n");
     for (const auto& b : kBuffers) {
         std::printf("  %-12s %s\n", b.c_str(), memory_of(b).c_str());
     }
@@ -533,15 +540,22 @@ int main(int argc, char** argv) {
     }
     std::printf("\n");
     for (const auto& w : workloads) {
-        std::printf("  %-22s", label(w).c_str());
-        for (const auto& m : modes) {
-            const auto cell = ratio_spread(paired(m, "dmabuf", "fixed", w), lookup(m, "dmabuf", w),
-                                           lookup(m, "fixed", w)) +
-                              " " + fixed(median_of(extras_of(m, "fixed", w), "sys_cpu_us"), 1) +
-                              "->" + fixed(median_of(extras_of(m, "dmabuf", w), "sys_cpu_us"), 1);
-            std::printf("  %-33s", cell.c_str());
+        for (const auto& pages : kPageKinds) {
+            const std::string dma = "dmabuf" + pages;
+            const std::string fix = "fixed" + pages;
+            if (!planned(dma, w)) {
+                continue;
+            }
+            std::printf("  %-22s", (label(w) + pages).c_str());
+            for (const auto& m : modes) {
+                const auto cell =
+                    ratio_spread(paired(m, dma, fix, w), lookup(m, dma, w), lookup(m, fix, w)) +
+                    " " + fixed(median_of(extras_of(m, fix, w), "sys_cpu_us"), 1) + "->" +
+                    fixed(median_of(extras_of(m, dma, w), "sys_cpu_us"), 1);
+                std::printf("  %-33s", cell.c_str());
+            }
+            std::printf("\n");
         }
-        std::printf("\n");
     }
 
     // Where the time goes: CPU microseconds per I/O, guest-side (dmabufio-bench: this process's
@@ -657,22 +671,29 @@ int main(int argc, char** argv) {
     dat.close();
     std::ofstream sdat(dir + "/sweep.dat");
     for (const auto& w : workloads) {
-        sdat << '"' << label(w) << '"';
-        for (const auto& m : modes) {
-            const auto r = ratio_of(paired(m, "dmabuf", "fixed", w), lookup(m, "dmabuf", w),
-                                    lookup(m, "fixed", w));
-            if (r) {
-                sdat << ' ' << (*r)[0] << ' ' << (*r)[1] << ' ' << (*r)[2];
-            } else {
-                sdat << " ? ? ?";
+        for (const auto& pages : kPageKinds) {
+            const std::string dma = "dmabuf" + pages;
+            const std::string fix = "fixed" + pages;
+            if (!planned(dma, w)) {
+                continue;
             }
-        }
-        for (const auto& m : modes) {
-            for (const char* b : {"fixed", "dmabuf"}) {
-                bar(sdat, values_of(extras_of(m, b, w), "sys_cpu_us"), 1);
+            sdat << '"' << label(w) << pages << '"';
+            for (const auto& m : modes) {
+                const auto r =
+                    ratio_of(paired(m, dma, fix, w), lookup(m, dma, w), lookup(m, fix, w));
+                if (r) {
+                    sdat << ' ' << (*r)[0] << ' ' << (*r)[1] << ' ' << (*r)[2];
+                } else {
+                    sdat << " ? ? ?";
+                }
             }
+            for (const auto& m : modes) {
+                for (const auto& b : {fix, dma}) {
+                    bar(sdat, values_of(extras_of(m, b, w), "sys_cpu_us"), 1);
+                }
+            }
+            sdat << '\n';
         }
-        sdat << '\n';
     }
     sdat.close();
     std::ofstream gp(dir + "/iops.gp");
