@@ -27,14 +27,8 @@ Fd open_dev(const char* path, std::string_view advice) {
     return fd;
 }
 
-Fd udmabuf(std::size_t size) {
-    Fd memfd(::memfd_create("dmabufio", MFD_ALLOW_SEALING | MFD_CLOEXEC));
-    if (!memfd.valid()) {
-        throw_error(errno, "memfd_create for a udmabuf");
-    }
-    if (::ftruncate(memfd.get(), static_cast<off_t>(size)) != 0) {
-        throw_error(errno, "size the memfd behind a udmabuf");
-    }
+// A udmabuf over memfd's first size bytes; seals the memfd against shrinking, as udmabuf needs.
+Fd udmabuf_over(const Fd& memfd, std::size_t size) {
     if (::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK) != 0) {
         throw_error(errno, "seal the memfd behind a udmabuf");
     }
@@ -51,6 +45,17 @@ Fd udmabuf(std::size_t size) {
                                     : "");
     }
     return Fd(fd);
+}
+
+Fd udmabuf(std::size_t size) {
+    Fd memfd(::memfd_create("dmabufio", MFD_ALLOW_SEALING | MFD_CLOEXEC));
+    if (!memfd.valid()) {
+        throw_error(errno, "memfd_create for a udmabuf");
+    }
+    if (::ftruncate(memfd.get(), static_cast<off_t>(size)) != 0) {
+        throw_error(errno, "size the memfd behind a udmabuf");
+    }
+    return udmabuf_over(memfd, size);
 }
 
 Fd heap(std::size_t size) {
@@ -117,6 +122,10 @@ DmaBuf DmaBuf::allocate(Exporter exporter, std::size_t size) {
     }
     throw_error(EINVAL, "allocate a dma-buf from an unknown exporter",
                 "take over a dma-buf from elsewhere with DmaBuf::adopt()");
+}
+
+DmaBuf DmaBuf::udmabuf_over_memfd(const Fd& memfd, std::size_t size) {
+    return {udmabuf_over(memfd, size), size, Exporter::kUdmabuf};
 }
 
 DmaBuf DmaBuf::adopt(Fd fd) {

@@ -35,8 +35,6 @@
 // the moves and re-map latencies.
 #include <fcntl.h>
 #include <getopt.h>
-#include <linux/udmabuf.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -172,14 +170,10 @@ class Memory {
                                       (huge ? " on 2 MiB pages" : ""),
                                   huge ? kReserveHugePages : "");
         }
-        if (huge) {
-            std::memset(ptr_, 0x5a, size_);
-            return;
-        }
         // A kernel without transparent huge pages (EINVAL) or without madvise at all (ENOSYS: the
         // lab's tinyconfig kernels) has 4 KiB pages only; any other failure, or one on a kernel
         // that has transparent huge pages, is an error.
-        if (::madvise(ptr_, n, MADV_NOHUGEPAGE) != 0) {
+        if (!huge && ::madvise(ptr_, n, MADV_NOHUGEPAGE) != 0) {
             const int err = errno;
             if ((err != EINVAL && err != ENOSYS) ||
                 ::access("/sys/kernel/mm/transparent_hugepage", F_OK) == 0) {
@@ -201,9 +195,9 @@ class Memory {
     void* ptr_ = nullptr;
 };
 
-// A udmabuf over a sealed hugetlbfs memfd: size bytes (a multiple of 2 MiB) on 2 MiB pages.
+// A udmabuf over a hugetlbfs memfd: size bytes (a multiple of 2 MiB) on 2 MiB pages.
 dmabufio::DmaBuf huge_udmabuf(std::size_t size) {
-    dmabufio::Fd memfd(
+    const dmabufio::Fd memfd(
         ::memfd_create("dmabufio-bench", MFD_HUGETLB | MFD_ALLOW_SEALING | MFD_CLOEXEC));
     if (!memfd.valid()) {
         dmabufio::throw_error(errno, "memfd_create(MFD_HUGETLB) for a udmabuf", kReserveHugePages);
@@ -212,22 +206,7 @@ dmabufio::DmaBuf huge_udmabuf(std::size_t size) {
         dmabufio::throw_error(errno, "allocate " + std::to_string(size) + " bytes of 2 MiB pages",
                               kReserveHugePages);
     }
-    if (::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK) != 0) {
-        dmabufio::throw_error(errno, "seal the memfd behind a udmabuf");
-    }
-    const dmabufio::Fd dev(::open("/dev/udmabuf", O_RDWR | O_CLOEXEC));
-    if (!dev.valid()) {
-        dmabufio::throw_error(errno, "open /dev/udmabuf", "the kernel needs CONFIG_UDMABUF");
-    }
-    udmabuf_create create{};
-    create.memfd = static_cast<__u32>(memfd.get());
-    create.flags = UDMABUF_FLAGS_CLOEXEC;
-    create.size = size;
-    const int fd = ::ioctl(dev.get(), UDMABUF_CREATE, &create);
-    if (fd < 0) {
-        dmabufio::throw_error(errno, "UDMABUF_CREATE over 2 MiB pages");
-    }
-    return {dmabufio::Fd(fd), size, dmabufio::Exporter::kUdmabuf};
+    return dmabufio::DmaBuf::udmabuf_over_memfd(memfd, size);
 }
 
 // What the mover thread publishes: move g (1-based) returned from its ioctl at ret_ns[g]; the
@@ -424,8 +403,7 @@ int run(const Options& o) {
             w.dma_base = per_thread * t;
         } else if (compat) {
             w.table.emplace(*w.ring, 1);
-            w.kind =
-                w.table->register_dmabuf_compat(0, *dbuf, (per_thread + page - 1) / page * page);
+            w.kind = w.table->register_dmabuf_compat(0, *dbuf, round_up(per_thread, page));
             w.dma_base = per_thread * t;
         } else {
             w.mem = std::make_unique<Memory>(per_thread, o.hugepages);

@@ -25,6 +25,11 @@ class DmaBuf {
     // Allocates size bytes (a multiple of the page size) from exporter. Throws Error with advice
     // (e.g. the udmabuf size limit, a missing heap).
     static DmaBuf allocate(Exporter exporter, std::size_t size);
+    // A udmabuf over the first size bytes of a memfd the caller made (MFD_ALLOW_SEALING; e.g.
+    // MFD_HUGETLB for 2 MiB pages), sealed here against shrinking. The memfd may be closed
+    // afterwards. Throws Error (EINVAL: size not a multiple of the memfd's page size, or over
+    // udmabuf's size limit).
+    static DmaBuf udmabuf_over_memfd(const Fd& memfd, std::size_t size);
     // Takes ownership of any dma-buf fd (a GPU driver's, V4L2's, another process's): its size is
     // lseek(fd, 0, SEEK_END). Throws Error(EBADF) if fd is not a dma-buf.
     static DmaBuf adopt(Fd fd);
