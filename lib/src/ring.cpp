@@ -62,7 +62,9 @@ std::string io_advice(int err, bool polled) {
             return polled ? "polled I/O (IOPOLL) needs an O_DIRECT file whose driver polls: for "
                             "NVMe boot with nvme.poll_queues=1 (or more)"
                           : "this file or opcode does not support the operation (a dma-buf slot "
-                            "takes only READ_FIXED/WRITE_FIXED)";
+                            "takes only READ_FIXED/WRITE_FIXED, on a file still opened O_DIRECT; "
+                            "a file system refuses what it could only do through the page cache, "
+                            "and a read of a hole where the exporter has no kernel mapping)";
         case EINVAL:
             return "direct I/O needs offset, length and buffer address aligned to the device's "
                    "logical block size (open the target with O_DIRECT)";
@@ -70,6 +72,9 @@ std::string io_advice(int err, bool polled) {
             return "offset + length lies outside the registered buffer";
         case EBADF:
             return "a dma-buf slot can only be used with the file it was registered against";
+        case EBUSY:
+            return "the file's page cache over the range could not be dropped for direct I/O "
+                   "(pages mapped and being written); retry";
         case EAGAIN:
             return "the device queue is full; lower the depth or retry";
         case ENOMEM:

@@ -86,10 +86,11 @@ class BufferTable {
     int update(unsigned slot, const io_uring_regbuf_desc& desc) noexcept;
 
     void register_user(unsigned slot, void* addr, std::size_t len);
-    // Registers the whole dma-buf against target_fd (an O_DIRECT NVMe block device). If the kernel
-    // lacks dma-buf slots and fallback is Fallback::kCompat, sets the slot up in compat mode
-    // instead (register_dmabuf_compat() with min(size, kCompatStagingBytes) of staging). Returns
-    // the kind used; never falls back unless asked to. Throws Error.
+    // Registers the whole dma-buf against target_fd (opened O_DIRECT: an NVMe block device, or a
+    // file on ext4 or XFS on one). If the kernel lacks dma-buf slots and fallback is
+    // Fallback::kCompat, sets the slot up in compat mode instead (register_dmabuf_compat() with
+    // min(size, kCompatStagingBytes) of staging). Returns the kind used; never falls back unless
+    // asked to. Throws Error.
     SlotKind register_dmabuf(unsigned slot, DmaBuf& buf, int target_fd,
                              Fallback fallback = Fallback::kNone);
     // Registers the whole dma-buf against target_fd in the first empty slot and returns the
