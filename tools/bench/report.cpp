@@ -700,7 +700,7 @@ int main(int argc, char** argv) {
     const std::string common =
         "set style data histograms\nset style histogram errorbars gap 1 lw 1\n"
         "set style fill solid 0.8\nset datafile missing '?'\nset xtics rotate by -30\n"
-        "set rmargin 10\nset key top left\nset grid ytics\n";
+        "set rmargin 16\nset key top left\nset grid ytics\n";
     gp << "set terminal pngcairo size 1100,600 noenhanced\nset output '" << dir << "/iops.png'\n"
        << "set title \"dmabuf-io: IOPS / fixed buffers' median IOPS "
        << (have_pt ? "in passthrough" : "in the same boot") << " (" << kernel
