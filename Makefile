@@ -13,7 +13,7 @@ HOST := build/host
 PACKAGES := build-essential flex bison bc libelf-dev libssl-dev cpio kmod dwarves rsync \
 	linux-source-6.12 qemu-system-x86 ccache git xz-utils zstd python3 \
 	cmake pkg-config liburing-dev googletest libgtest-dev fio gnuplot-nox \
-	clang-format clang-tidy dpkg-dev linux-perf e2fsprogs xfsprogs
+	clang-format clang-tidy dpkg-dev linux-perf e2fsprogs xfsprogs dmsetup mdadm
 
 .PHONY: all check bench kernel kernel-debug kernel-perf userspace fio vm deps lint clean
 

@@ -20,9 +20,12 @@ constexpr unsigned kMaxRw = 0x7ffff000;  // the kernel's MAX_RW_COUNT: the most 
 std::string advice_for(int err) {
     switch (err) {
         case EOPNOTSUPP:
-            return "the target must be opened with O_DIRECT and be an NVMe (blk-mq) block device "
-                   "or a file on ext4 or XFS on one (not DAX, encrypted, verity, journalled or "
-                   "inline data, nor on XFS's realtime device)";
+            return "the target must be opened with O_DIRECT and be an NVMe (blk-mq) block device, "
+                   "a dm-linear/dm-stripe table, md raid0 array or NVMe multipath head over NVMe, "
+                   "or a file on ext4 or XFS on one of those (not DAX, encrypted, verity, "
+                   "journalled or inline data, nor on XFS's realtime device)";
+        case ENXIO:
+            return "the dm device has no table loaded, or the md array is not running";
         case EBADF:
             return "dmabuf_fd must be an open dma-buf and target_fd an open file";
         case EINVAL:

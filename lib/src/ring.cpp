@@ -64,10 +64,14 @@ std::string io_advice(int err, bool polled) {
                           : "this file or opcode does not support the operation (a dma-buf slot "
                             "takes only READ_FIXED/WRITE_FIXED, on a file still opened O_DIRECT; "
                             "a file system refuses what it could only do through the page cache, "
-                            "and a read of a hole where the exporter has no kernel mapping)";
+                            "and a read of a hole where the exporter has no kernel mapping; a dm "
+                            "table or md array changed since registration to a target or level "
+                            "that can't carry a dma-buf)";
         case EINVAL:
             return "direct I/O needs offset, length and buffer address aligned to the device's "
-                   "logical block size (open the target with O_DIRECT)";
+                   "logical block size (open the target with O_DIRECT); on a dma-buf slot of a "
+                   "stacked device, the I/O reached a device that the registration has no mapping "
+                   "for (dm table reloaded, multipath path added): register again";
         case EFAULT:
             return "offset + length lies outside the registered buffer";
         case EBADF:

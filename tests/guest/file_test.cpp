@@ -339,6 +339,80 @@ TEST_P(Files, JournalledInlineAndReflinkedFilesAreRefused) {
     EXPECT_EQ(std::memcmp(back.data(), data.data(), kMiB), 0) << "the original changed";
 }
 
+// Verified reads and writes at queue depths 1 to 64 into a test-exporter dma-buf that a second
+// thread MOVEs every 20 ms: each MOVE invalidates the mapping under the file's I/O, which waits
+// and goes on with the next mapping; every read is checked against the file's data and every
+// write read back through the ordinary path.
+TEST_P(Files, VerifiedIoAtDepthsWhileTheBufferMoves) {
+    constexpr std::size_t kFile = 32 * kMiB;
+    constexpr std::size_t kSlot = 256 * kKiB;  // each I/O's part of the dma-buf
+    constexpr unsigned kMaxDepth = 64;
+    Fd f = open_file("data");
+    Plain plain(path("data"));
+    Plain other(path("other"));
+    guest::Memory data(kFile);
+    guest::fill(data.data(), kFile, 31);
+    interleave(plain, other, 0, kFile, data, 0);
+    Ring ring(kMaxDepth);
+    BufferTable table(ring, 1);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kTest, kMaxDepth * kSlot);
+    ASSERT_EQ(table.register_dmabuf(0, buf, f.get()), SlotKind::kDmaBuf);
+    auto view = buf.map();
+    guest::PeriodicMover mover(buf.fd(), std::chrono::milliseconds(20));
+    std::mt19937_64 gen(17);
+    guest::Memory back(kSlot);
+    std::size_t ios = 0;
+    std::size_t verified = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (unsigned qd : {1U, 4U, 16U, 64U}) {
+        for (int round = 0; round < 4 && !HasFatalFailure(); round++) {
+            struct Io {
+                bool write;
+                unsigned len;
+                std::uint64_t at;
+            };
+            std::vector<Io> batch(qd);
+            for (unsigned i = 0; i < qd; i++) {
+                // Distinct 256 KiB windows of the file, so that no two I/Os of a batch overlap.
+                const std::uint64_t window = (gen() % (kFile / kSlot / kMaxDepth)) * kMaxDepth + i;
+                batch[i] = {gen() % 2 == 0, static_cast<unsigned>((1 + gen() % 64) * 4 * kKiB),
+                            window * kSlot};
+                if (batch[i].write) {
+                    guest::fill(view.data() + i * kSlot, batch[i].len, gen());
+                }
+                table.prep(batch[i].write, f.get(), 0, i * kSlot, batch[i].len, batch[i].at, i);
+            }
+            for (unsigned i = 0; i < qd; i++) {
+                auto [ud, res] = ring.submit_and_wait_one();
+                ASSERT_LT(ud, qd);
+                ASSERT_EQ(res, static_cast<int>(batch[ud].len)) << "qd " << qd;
+                ios++;
+            }
+            for (unsigned i = 0; i < qd; i++) {
+                const Io& io = batch[i];
+                if (io.write) {
+                    std::memcpy(data.data() + io.at, view.data() + i * kSlot, io.len);
+                    plain.read(back.data(), io.len, io.at);
+                    ASSERT_EQ(std::memcmp(back.data(), data.data() + io.at, io.len), 0)
+                        << "write, qd " << qd << " I/O " << i;
+                } else {
+                    ASSERT_EQ(std::memcmp(view.data() + i * kSlot, data.data() + io.at, io.len), 0)
+                        << "read, qd " << qd << " I/O " << i;
+                }
+                verified += io.len;
+            }
+        }
+        std::printf("[          ] %s: depth %u done at %.1f s, %u moves\n", fs().c_str(), qd,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                    mover.moves());
+    }
+    const unsigned moves = mover.stop();
+    EXPECT_EQ(mover.error(), "");
+    EXPECT_GT(moves, 0U);
+    std::printf("[          ] %s: %zu I/Os at depths 1-64, %zu bytes verified, %u moves\n",
+                fs().c_str(), ios, verified, moves);
+}
+
 // Truncate, hole punch and re-extension race with reads and writes at queue depth 16; each I/O
 // completes as direct I/O does (its length, a short read at the end of the file, or 0 past it),
 // and the filesystem checks clean afterwards. Then the file is unlinked with I/O in flight.

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <cctype>
 #include <chrono>
 #include <cstdint>
@@ -254,12 +255,52 @@ inline void test_exporter_move(int dmabuf_fd) {
     }
 }
 
+// MOVEs a test-exporter dma-buf every `interval` from a thread of its own until destroyed (or
+// stop()): each MOVE invalidates every mapping of it under the I/O of the test.
+class PeriodicMover {
+  public:
+    PeriodicMover(int dmabuf_fd, std::chrono::milliseconds interval)
+        : thread_([this, dmabuf_fd, interval] {
+              try {
+                  while (!stop_.load()) {
+                      test_exporter_move(dmabuf_fd);
+                      moves_++;
+                      std::this_thread::sleep_for(interval);
+                  }
+              } catch (const std::exception& e) {
+                  error_ = e.what();
+              }
+          }) {}
+    PeriodicMover(const PeriodicMover&) = delete;
+    PeriodicMover& operator=(const PeriodicMover&) = delete;
+    PeriodicMover(PeriodicMover&&) = delete;
+    PeriodicMover& operator=(PeriodicMover&&) = delete;
+    ~PeriodicMover() { stop(); }
+    // Stops and returns the number of MOVEs; the first failed MOVE's message is in error().
+    unsigned stop() {
+        stop_ = true;
+        if (thread_.joinable()) {
+            thread_.join();
+        }
+        return moves_.load();
+    }
+    [[nodiscard]] unsigned moves() const { return moves_.load(); }
+    [[nodiscard]] const std::string& error() const { return error_; }
+
+  private:
+    std::atomic<bool> stop_{false};
+    std::atomic<unsigned> moves_{0};
+    std::string error_;
+    std::thread thread_;  // last: started once the members above exist
+};
+
 // The ordinary direct-I/O path, for reference: a second O_DIRECT fd and pread/pwrite.
 class Reference {
   public:
-    Reference() : fd_(::open(kDevice, O_RDWR | O_DIRECT | O_CLOEXEC)) {
+    explicit Reference(const std::string& device = kDevice)
+        : fd_(::open(device.c_str(), O_RDWR | O_DIRECT | O_CLOEXEC)) {
         if (!fd_.valid()) {
-            throw std::runtime_error(std::string("open ") + kDevice + ": " + std::strerror(errno));
+            throw std::runtime_error("open " + device + ": " + std::strerror(errno));
         }
     }
     void write(const std::uint8_t* p, std::size_t n, std::uint64_t off) const {
