@@ -1,6 +1,10 @@
 // dmabufio-bench: random or sequential direct I/O through io_uring, modelled on fio's t/io_uring.
 //
-//   dmabufio-bench [options] DEVICE
+//   dmabufio-bench [options] TARGET...
+//     TARGET        a block device or a file on one; with several, each thread sends its I/Os to
+//                   them in turn (I/O k to target k mod N; sequential offsets advance once per
+//                   round), the dma-buf registered once per target (a slot each), over the
+//                   smallest target's size (or --span)
 //     -d DEPTH      queue depth per thread (32) -s BATCH   submit batch (8)
 //     -c BATCH      complete batch (8)          -b BYTES   block size (4096)
 //     -p 0|1        polled I/O (IOPOLL) (0)     -F 0|1     fixed files (1)
@@ -247,32 +251,43 @@ struct Worker {
     std::string error;
 };
 
-void run_worker(const Options& o, Worker& w, int dev_fd, std::uint64_t blocks,
+void run_worker(const Options& o, Worker& w, const std::vector<int>& dev_fds, std::uint64_t blocks,
                 Clock::time_point deadline, MoveLog* moves, std::atomic<bool>& stop) {
     dmabufio::Ring& ring = *w.ring;
     if (o.register_ring) {
         ring.register_ring_fd();
     }
-    const int fd = o.fixed_files ? 0 : dev_fd;
     const bool fixed = o.buffers == "fixed";
     const bool dmabuf = o.buffers == "dmabuf";
     const bool compat = o.buffers == "compat";
+    const auto ntargets = static_cast<unsigned>(dev_fds.size());
     std::mt19937_64 gen(42 + w.id);
-    std::uint64_t seq = blocks / o.threads * w.id;
-    auto next_offset = [&] { return (o.random ? gen() % blocks : seq++ % blocks) * o.bs; };
+    // I/O k goes to target k mod N; sequential offsets advance once per round of the targets.
+    std::uint64_t seq = blocks / o.threads * w.id * ntargets;
+    std::uint64_t issued_ios = 0;
+    std::vector<unsigned> slot_target(o.depth);
+    auto next_offset = [&] {
+        return (o.random ? gen() % blocks : seq++ / ntargets % blocks) * o.bs;
+    };
     std::vector<std::int64_t> issued(o.depth);
     std::vector<std::uint32_t> move_gen(o.depth);
     w.lat_ns.reserve(1 << 20);
 
     auto prep = [&](unsigned slot) {
         io_uring_sqe* sqe = ring.sqe();
+        const auto target = static_cast<unsigned>(issued_ios++ % ntargets);
+        const int fd = o.fixed_files ? static_cast<int>(target) : dev_fds[target];
+        slot_target[slot] = target;
         const std::uint64_t off = next_offset();
         void* buf = nullptr;
         const std::uint64_t slot_off = static_cast<std::uint64_t>(slot) * o.bs;
+        int buf_index = 0;
         if (dmabuf) {
-            // A dma-buf slot's address is the byte offset into the dma-buf.
+            // A dma-buf slot's address is the byte offset into the dma-buf; the dma-buf is
+            // registered once per target, in the slot of the target's index.
             // NOLINTNEXTLINE(performance-no-int-to-ptr)
-            buf = reinterpret_cast<void*>(w.table->addr(0, w.dma_base + slot_off));
+            buf = reinterpret_cast<void*>(w.table->addr(target, w.dma_base + slot_off));
+            buf_index = static_cast<int>(target);
         } else if (compat) {
             // Compat: the I/O addresses the slot's staging memory; a write's bytes come from the
             // dma-buf first.
@@ -285,8 +300,8 @@ void run_worker(const Options& o, Worker& w, int dev_fd, std::uint64_t blocks,
             buf = w.mem->data() + static_cast<std::size_t>(slot) * o.bs;
         }
         if (fixed || dmabuf || compat) {
-            o.write ? io_uring_prep_write_fixed(sqe, fd, buf, o.bs, off, 0)
-                    : io_uring_prep_read_fixed(sqe, fd, buf, o.bs, off, 0);
+            o.write ? io_uring_prep_write_fixed(sqe, fd, buf, o.bs, off, buf_index)
+                    : io_uring_prep_read_fixed(sqe, fd, buf, o.bs, off, buf_index);
         } else {
             o.write ? io_uring_prep_write(sqe, fd, buf, o.bs, off)
                     : io_uring_prep_read(sqe, fd, buf, o.bs, off);
@@ -326,7 +341,8 @@ void run_worker(const Options& o, Worker& w, int dev_fd, std::uint64_t blocks,
         io_uring_for_each_cqe(ring.get(), head, cqe) {
             if (cqe->res != static_cast<int>(o.bs)) {
                 const int err = cqe->res < 0 ? -cqe->res : EIO;
-                dmabufio::throw_error(err, "I/O on " + o.device,
+                dmabufio::throw_error(err,
+                                      "I/O on " + o.targets[slot_target[cqe->user_data % o.depth]],
                                       cqe->res < 0 ? dmabufio::io_advice(err, o.polled)
                                                    : "short I/O: check the device and block size");
             }
@@ -360,8 +376,15 @@ struct MoveStats {
 };
 
 int run(const Options& o) {
-    dmabufio::BlockFile dev(o.device);
-    const std::uint64_t span = o.span != 0 ? std::min(o.span, dev.size()) : dev.size();
+    std::vector<std::unique_ptr<dmabufio::BlockFile>> devs;
+    std::vector<int> dev_fds;
+    std::uint64_t size = UINT64_MAX;
+    for (const std::string& t : o.targets) {
+        devs.push_back(std::make_unique<dmabufio::BlockFile>(t));
+        dev_fds.push_back(devs.back()->fd());
+        size = std::min(size, devs.back()->size());
+    }
+    const std::uint64_t span = o.span != 0 ? std::min(o.span, size) : size;
     const std::uint64_t blocks = span / o.bs;
     if (blocks == 0) {
         std::fprintf(stderr, "dmabufio-bench: the device (or --span) is smaller than one block\n");
@@ -393,13 +416,14 @@ int run(const Options& o) {
         w.id = t;
         w.ring = std::make_unique<dmabufio::Ring>(ro);
         if (o.fixed_files) {
-            const int fd = dev.fd();
-            w.files.emplace(*w.ring, std::span<const int>(&fd, 1));
+            w.files.emplace(*w.ring, std::span<const int>(dev_fds));
         }
         if (dmabuf) {
-            w.table.emplace(*w.ring, 1);
-            // Registered against the device's own file (the fixed file names the same file).
-            w.kind = w.table->register_dmabuf(0, *dbuf, dev.fd());
+            // Registered against each target's own file (its fixed file names the same file).
+            w.table.emplace(*w.ring, static_cast<unsigned>(devs.size()));
+            for (unsigned d = 0; d < devs.size(); d++) {
+                w.kind = w.table->register_dmabuf(d, *dbuf, dev_fds[d]);
+            }
             w.dma_base = per_thread * t;
         } else if (compat) {
             w.table.emplace(*w.ring, 1);
@@ -446,7 +470,7 @@ int run(const Options& o) {
     for (auto& w : workers) {
         threads.emplace_back([&, wp = &w] {
             try {
-                run_worker(o, *wp, dev.fd(), blocks, deadline, moves ? &*moves : nullptr, stop);
+                run_worker(o, *wp, dev_fds, blocks, deadline, moves ? &*moves : nullptr, stop);
             } catch (const std::exception& e) {
                 wp->error = e.what();
                 stop = true;

@@ -148,10 +148,10 @@ Options parse_options(int argc, char** argv) {
                 usage("unknown option");
         }
     }
-    if (optind + 1 != argc) {
-        usage("exactly one DEVICE is needed");
+    if (optind >= argc) {
+        usage("a DEVICE (block device or file) is needed");
     }
-    o.device = argv[optind];
+    o.targets.assign(argv + optind, argv + argc);
     o.progress = progress == -1 ? !o.json : progress == 1;
     if (o.buffers != "plain" && o.buffers != "fixed" && o.buffers != "dmabuf" &&
         o.buffers != "compat") {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "dmabufio/dmabuf.hpp"
 
@@ -34,7 +35,8 @@ struct Options {
     // --json only; --progress / --no-progress say so either way.
     bool progress = true;
     std::string mark;  // --mark FILE: "start"/"stop" written there around the timed run
-    std::string device;
+    // The block devices or files I/O goes to, one after the other (one registration each).
+    std::vector<std::string> targets;
 };
 
 // Parses argv (getopt_long; may be called more than once). Throws std::invalid_argument with a

@@ -643,6 +643,51 @@ int main(int argc, char** argv) {
         }
     }
 
+    // Aggregate bandwidth into one dma-buf (guest-matrix's agg-* rows): 1 MiB sequential reads
+    // from 1, 2 and 4 NVMe striped by dmabufio-bench (agg-nvmeN), through md raid0 (agg-mdN), and
+    // from a file on ext4 (agg-ext4); MB/s median (min-max) and the median over one NVMe's
+    // (agg-nvme1) in the same boot.
+    bool agg_header = false;
+    for (const auto& m : modes) {
+        for (const auto& [k, reps] : plan) {
+            if (k.mode != m || k.buffers.rfind("agg-", 0) != 0) {
+                continue;
+            }
+            if (!agg_header) {
+                std::printf(
+                    "\nAggregate sequential read bandwidth into one dma-buf (udmabuf), 1 MiB "
+                    "reads, "
+                    "depth 16 per NVMe: MB/s median (min-max), and over one NVMe's (agg-nvme1) in "
+                    "the same boot. agg-nvmeN: N NVMe, a registration each, striped by "
+                    "dmabufio-bench; agg-mdN: md raid0 over N NVMe, one registration; agg-ext4: a "
+                    "file on ext4 on one NVMe\n");
+                agg_header = true;
+            }
+            const auto mbs = [&](const std::string& b, const Workload& w) {
+                std::vector<double> v = series(m, b, w);
+                for (double& x : v) {
+                    x = x * static_cast<double>(w.bs) / 1e6;
+                }
+                return v;
+            };
+            const auto v = mbs(k.buffers, k.w);
+            double one = 0;
+            for (const auto& [k1, r1] : plan) {
+                if (k1.mode == m && k1.buffers == "agg-nvme1") {
+                    one = median(mbs(k1.buffers, k1.w));
+                }
+            }
+            std::string over = "n/a";
+            if (!v.empty() && one != 0) {
+                std::array<char, 16> buf{};
+                std::snprintf(buf.data(), buf.size(), "%.2fx", median(v) / one);
+                over = buf.data();
+            }
+            std::printf("  %-6s %-10s %-16s %22s MB/s  %s\n", m.c_str(), k.buffers.c_str(),
+                        label(k.w).c_str(), spread(v).c_str(), over.c_str());
+        }
+    }
+
     // The plots. iops.png: the main workloads' kinds, IOPS over fixed buffers' median in
     // passthrough (in the same boot where passthrough was not run). sweep.png: every workload,
     // dmabuf/fixed in each boot (the repetitions' pairs), and the whole guest's CPU per I/O for
