@@ -35,14 +35,6 @@ using dmabufio::Ring;
 using guest::kKiB;
 using guest::kMiB;
 
-io_uring_regbuf_desc dmabuf_desc(int dmabuf_fd, int target_fd) {
-    io_uring_regbuf_desc d{};
-    d.type = IO_REGBUF_TYPE_DMABUF;
-    d.dmabuf_fd = dmabuf_fd;
-    d.target_fd = target_fd;
-    return d;
-}
-
 int update_with_flags(int ring_fd, unsigned slot, std::uint32_t flags,
                       const io_uring_regbuf_desc* d) {
     io_uring_rsrc_update2 up{};
@@ -62,28 +54,28 @@ class Errors : public testing::Test {
 };
 
 TEST_F(Errors, UnknownUpdateFlagIsEinval) {
-    auto d = dmabuf_desc(buf.fd(), dev.fd());
+    auto d = guest::dmabuf_desc(buf.fd(), dev.fd());
     EXPECT_EQ(update_with_flags(ring.fd(), 0, IORING_RSRC_UPDATE_EXTENDED | (1U << 7), &d),
               -EINVAL);
     EXPECT_EQ(update_with_flags(ring.fd(), 0, 1U << 0, &d), -EINVAL);
 }
 
 TEST_F(Errors, BadDescriptorsAreEinval) {
-    auto d = dmabuf_desc(buf.fd(), dev.fd());
+    auto d = guest::dmabuf_desc(buf.fd(), dev.fd());
     d.type = 3;
     EXPECT_EQ(table.update(0, d), -EINVAL) << "unknown type";
-    d = dmabuf_desc(buf.fd(), dev.fd());
+    d = guest::dmabuf_desc(buf.fd(), dev.fd());
     d.flags = 1;
     EXPECT_EQ(table.update(0, d), -EINVAL) << "nonzero desc flags";
     for (int i = 0; i < 6; i++) {
-        d = dmabuf_desc(buf.fd(), dev.fd());
+        d = guest::dmabuf_desc(buf.fd(), dev.fd());
         d.__resv[i] = 1;
         EXPECT_EQ(table.update(0, d), -EINVAL) << "nonzero __resv[" << i << "]";
     }
-    d = dmabuf_desc(buf.fd(), dev.fd());
+    d = guest::dmabuf_desc(buf.fd(), dev.fd());
     d.uaddr = 4096;
     EXPECT_EQ(table.update(0, d), -EINVAL) << "uaddr set for a dma-buf";
-    d = dmabuf_desc(buf.fd(), dev.fd());
+    d = guest::dmabuf_desc(buf.fd(), dev.fd());
     d.size = kMiB;
     EXPECT_EQ(table.update(0, d), -EINVAL) << "size set for a dma-buf";
 }
@@ -91,10 +83,11 @@ TEST_F(Errors, BadDescriptorsAreEinval) {
 TEST_F(Errors, BadFdsAreEbadf) {
     Fd memfd(::memfd_create("not-a-dmabuf", MFD_CLOEXEC));
     ASSERT_TRUE(memfd.valid());
-    EXPECT_EQ(table.update(0, dmabuf_desc(memfd.get(), dev.fd())), -EBADF) << "memfd as dmabuf_fd";
-    EXPECT_EQ(table.update(0, dmabuf_desc(-1, dev.fd())), -EBADF) << "dmabuf_fd -1";
-    EXPECT_EQ(table.update(0, dmabuf_desc(buf.fd(), 1000)), -EBADF) << "target_fd not open";
-    EXPECT_EQ(table.update(0, dmabuf_desc(buf.fd(), -1)), -EBADF) << "target_fd -1";
+    EXPECT_EQ(table.update(0, guest::dmabuf_desc(memfd.get(), dev.fd())), -EBADF)
+        << "memfd as dmabuf_fd";
+    EXPECT_EQ(table.update(0, guest::dmabuf_desc(-1, dev.fd())), -EBADF) << "dmabuf_fd -1";
+    EXPECT_EQ(table.update(0, guest::dmabuf_desc(buf.fd(), 1000)), -EBADF) << "target_fd not open";
+    EXPECT_EQ(table.update(0, guest::dmabuf_desc(buf.fd(), -1)), -EBADF) << "target_fd -1";
 }
 
 TEST_F(Errors, TargetsThatCannotTakeTokensAreEopnotsupp) {
@@ -102,16 +95,18 @@ TEST_F(Errors, TargetsThatCannotTakeTokensAreEopnotsupp) {
     Fd regular(::mkstemp(path.data()));
     ASSERT_TRUE(regular.valid());
     ::unlink(path.c_str());
-    EXPECT_EQ(table.update(0, dmabuf_desc(buf.fd(), regular.get())), -EOPNOTSUPP) << "regular file";
+    EXPECT_EQ(table.update(0, guest::dmabuf_desc(buf.fd(), regular.get())), -EOPNOTSUPP)
+        << "regular file";
     Fd buffered(::open(guest::kDevice, O_RDWR | O_CLOEXEC));
     ASSERT_TRUE(buffered.valid());
-    EXPECT_EQ(table.update(0, dmabuf_desc(buf.fd(), buffered.get())), -EOPNOTSUPP) << "no O_DIRECT";
+    EXPECT_EQ(table.update(0, guest::dmabuf_desc(buf.fd(), buffered.get())), -EOPNOTSUPP)
+        << "no O_DIRECT";
     Fd efd(::eventfd(0, EFD_CLOEXEC));
-    EXPECT_EQ(table.update(0, dmabuf_desc(buf.fd(), efd.get())), -EOPNOTSUPP) << "eventfd";
+    EXPECT_EQ(table.update(0, guest::dmabuf_desc(buf.fd(), efd.get())), -EOPNOTSUPP) << "eventfd";
 }
 
 TEST_F(Errors, IoWithAnotherFileIsEbadf) {
-    ASSERT_EQ(table.update(0, dmabuf_desc(buf.fd(), dev.fd())), 1);
+    ASSERT_EQ(table.update(0, guest::dmabuf_desc(buf.fd(), dev.fd())), 1);
     BlockFile other(guest::kDevice);  // the same device, but another open file
     EXPECT_EQ(table.read(other.fd(), 0, 0, 4096, 0), -EBADF);
     EXPECT_EQ(table.write(other.fd(), 0, 0, 4096, 0), -EBADF);
@@ -119,7 +114,7 @@ TEST_F(Errors, IoWithAnotherFileIsEbadf) {
 }
 
 TEST_F(Errors, OtherOpcodesOnADmaBufSlotAreEopnotsupp) {
-    ASSERT_EQ(table.update(0, dmabuf_desc(buf.fd(), dev.fd())), 1);
+    ASSERT_EQ(table.update(0, guest::dmabuf_desc(buf.fd(), dev.fd())), 1);
     std::array<int, 2> sv{};
     ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv.data()), 0);
     Fd a(sv[0]);
@@ -146,7 +141,7 @@ TEST(ErrorsUringCmd, FixedUringCmdOnADmaBufSlotIsEopnotsupp) {
     Ring ring(opt);
     BufferTable table(ring, 2);
     DmaBuf buf = DmaBuf::allocate(Exporter::kUdmabuf, 64 * kKiB);
-    ASSERT_EQ(table.update(0, dmabuf_desc(buf.fd(), dev.fd())), 1);
+    ASSERT_EQ(table.update(0, guest::dmabuf_desc(buf.fd(), dev.fd())), 1);
     guest::Memory mem(64 * kKiB);
     table.register_user(1, mem.data(), mem.size());
 
@@ -191,7 +186,7 @@ TEST(CloneBuffers, CloneSharesTheDmaBufSlot) {
     DmaBuf buf = DmaBuf::allocate(Exporter::kHeap, 64 * kKiB);
     auto src = std::make_unique<Ring>(4);
     auto src_table = std::make_unique<BufferTable>(*src, 2);
-    ASSERT_EQ(src_table->update(1, dmabuf_desc(buf.fd(), dev.fd())), 1);
+    ASSERT_EQ(src_table->update(1, guest::dmabuf_desc(buf.fd(), dev.fd())), 1);
 
     Ring dst(4);
     CloneBuffers arg{};
@@ -213,7 +208,7 @@ TEST(CloneBuffers, CloneSharesTheDmaBufSlot) {
 }
 
 TEST_F(Errors, OutsideTheDmaBufIsEfault) {
-    ASSERT_EQ(table.update(0, dmabuf_desc(buf.fd(), dev.fd())), 1);
+    ASSERT_EQ(table.update(0, guest::dmabuf_desc(buf.fd(), dev.fd())), 1);
     EXPECT_EQ(table.read(dev.fd(), 0, kMiB - 4096, 8192, 0), -EFAULT);
     EXPECT_EQ(table.read(dev.fd(), 0, kMiB, 4096, 0), -EFAULT);
     EXPECT_EQ(table.read(dev.fd(), 0, ~std::uint64_t{0} - 4095, 4096, 0), -EFAULT)
@@ -222,7 +217,7 @@ TEST_F(Errors, OutsideTheDmaBufIsEfault) {
 }
 
 TEST_F(Errors, MisalignedOffsetOrLengthIsEinval) {
-    ASSERT_EQ(table.update(0, dmabuf_desc(buf.fd(), dev.fd())), 1);
+    ASSERT_EQ(table.update(0, guest::dmabuf_desc(buf.fd(), dev.fd())), 1);
     EXPECT_EQ(table.read(dev.fd(), 0, 1, 4096, 0), -EINVAL) << "offset 1";
     EXPECT_EQ(table.read(dev.fd(), 0, 0, 100, 0), -EINVAL) << "length 100";
     EXPECT_EQ(table.read(dev.fd(), 0, 0, 4096, 3), -EINVAL) << "device offset 3";

@@ -40,14 +40,6 @@ using guest::kMiB;
 
 constexpr const char* kMount = "/tmp/dmabufio-fs";
 
-io_uring_regbuf_desc dmabuf_desc(int dmabuf_fd, int target_fd) {
-    io_uring_regbuf_desc d{};
-    d.type = IO_REGBUF_TYPE_DMABUF;
-    d.dmabuf_fd = dmabuf_fd;
-    d.target_fd = target_fd;
-    return d;
-}
-
 // The file's bytes through the ordinary O_DIRECT path (a second descriptor).
 class Plain {
   public:
@@ -247,8 +239,9 @@ TEST_P(Files, UnalignedOtherFilesAndBufferedDescriptorsAreRefused) {
     DmaBuf buf = DmaBuf::allocate(Exporter::kUdmabuf, 4 * kMiB);
 
     Fd buffered = open_file("data", 0);
-    EXPECT_EQ(table.update(0, dmabuf_desc(buf.fd(), buffered.get())), -EOPNOTSUPP) << "no O_DIRECT";
-    ASSERT_EQ(table.update(0, dmabuf_desc(buf.fd(), f.get())), 1);
+    EXPECT_EQ(table.update(0, guest::dmabuf_desc(buf.fd(), buffered.get())), -EOPNOTSUPP)
+        << "no O_DIRECT";
+    ASSERT_EQ(table.update(0, guest::dmabuf_desc(buf.fd(), f.get())), 1);
     // Offsets and lengths below the logical block size, as for any direct I/O.
     EXPECT_EQ(table.read(f.get(), 0, 0, 4096, 100), -EINVAL) << "unaligned file offset";
     EXPECT_EQ(table.read(f.get(), 0, 0, 100, 0), -EINVAL) << "unaligned length";
@@ -286,10 +279,10 @@ TEST_P(Files, JournalledInlineAndReflinkedFilesAreRefused) {
             auto [st, out] = guest::run_command("chattr +j " + path("journalled"));
             ASSERT_EQ(st, 0) << out;
             Fd j = open_file("journalled");
-            EXPECT_EQ(table.update(1, dmabuf_desc(buf.fd(), j.get())), -EOPNOTSUPP) << "+j";
+            EXPECT_EQ(table.update(1, guest::dmabuf_desc(buf.fd(), j.get())), -EOPNOTSUPP) << "+j";
             Plain(path("data")).write(data.data(), kMiB, 0);
             Fd f = open_file("data");
-            ASSERT_EQ(table.update(0, dmabuf_desc(buf.fd(), f.get())), 1);
+            ASSERT_EQ(table.update(0, guest::dmabuf_desc(buf.fd(), f.get())), 1);
             EXPECT_EQ(table.read(f.get(), 0, 0, 4096, 0), 4096);
             std::tie(st, out) = guest::run_command("chattr +j " + path("data"));
             ASSERT_EQ(st, 0) << out;
@@ -304,13 +297,14 @@ TEST_P(Files, JournalledInlineAndReflinkedFilesAreRefused) {
             ASSERT_EQ(st, 0) << out;
             ASSERT_NE(out.find('N'), std::string::npos) << "not inline: " << out;
             Fd in = open_file("inline");
-            EXPECT_EQ(table.update(1, dmabuf_desc(buf.fd(), in.get())), -EOPNOTSUPP)
+            EXPECT_EQ(table.update(1, guest::dmabuf_desc(buf.fd(), in.get())), -EOPNOTSUPP)
                 << "inline data";
             table.clear(0);
         }
         remount("data=journal");
         Fd f = open_file("data");
-        EXPECT_EQ(table.update(0, dmabuf_desc(buf.fd(), f.get())), -EOPNOTSUPP) << "data=journal";
+        EXPECT_EQ(table.update(0, guest::dmabuf_desc(buf.fd(), f.get())), -EOPNOTSUPP)
+            << "data=journal";
         Plain(path("data")).read(back.data(), kMiB, 0);
         EXPECT_EQ(std::memcmp(back.data(), data.data(), kMiB), 0);
         return;
@@ -321,7 +315,7 @@ TEST_P(Files, JournalledInlineAndReflinkedFilesAreRefused) {
         guest::run_command("cp --reflink=always " + path("data") + " " + path("shared"));
     ASSERT_EQ(st, 0) << out;
     Fd s = open_file("shared");
-    ASSERT_EQ(table.update(1, dmabuf_desc(buf.fd(), s.get())), 1);
+    ASSERT_EQ(table.update(1, guest::dmabuf_desc(buf.fd(), s.get())), 1);
     EXPECT_EQ(table.write(s.get(), 1, 0, 512, 512), -EOPNOTSUPP) << "unaligned CoW write";
     Plain(path("shared")).read(back.data(), kMiB, 0);
     EXPECT_EQ(std::memcmp(back.data(), data.data(), kMiB), 0) << "the refused write wrote";

@@ -255,6 +255,15 @@ inline void test_exporter_move(int dmabuf_fd) {
     }
 }
 
+// The extended update's descriptor that registers dma-buf `dmabuf_fd` for I/O to `target_fd`.
+inline io_uring_regbuf_desc dmabuf_desc(int dmabuf_fd, int target_fd) {
+    io_uring_regbuf_desc d{};
+    d.type = IO_REGBUF_TYPE_DMABUF;
+    d.dmabuf_fd = dmabuf_fd;
+    d.target_fd = target_fd;
+    return d;
+}
+
 // MOVEs a test-exporter dma-buf every `interval` from a thread of its own until destroyed (or
 // stop()): each MOVE invalidates every mapping of it under the I/O of the test.
 class PeriodicMover {

@@ -47,14 +47,6 @@ constexpr std::size_t kHalf = kSpan / 2;   // dm-linear's boundary between its t
 constexpr unsigned kChunkKiB = 64;         // dm-stripe's and raid0's chunk
 constexpr const char* kMd = "/dev/md/dmabufio";
 
-io_uring_regbuf_desc dmabuf_desc(int dmabuf_fd, int target_fd) {
-    io_uring_regbuf_desc d{};
-    d.type = IO_REGBUF_TYPE_DMABUF;
-    d.dmabuf_fd = dmabuf_fd;
-    d.target_fd = target_fd;
-    return d;
-}
-
 std::string trim(std::string s) {
     while (!s.empty() && (s.back() == ' ' || s.back() == '\n')) {
         s.pop_back();
@@ -374,7 +366,7 @@ TEST(StackedRefusals, StacksThatNeedTheDatasPagesAreRefused) {
         BufferTable table(ring, 1);
         DmaBuf buf = DmaBuf::allocate(Exporter::kUdmabuf, kMiB);
         const ino_t ino = inode_of(buf);
-        EXPECT_EQ(table.update(0, dmabuf_desc(buf.fd(), f.get())), -EOPNOTSUPP) << dev;
+        EXPECT_EQ(table.update(0, guest::dmabuf_desc(buf.fd(), f.get())), -EOPNOTSUPP) << dev;
         EXPECT_EQ(guest::attached_devices(ino), 0) << dev << ": a mapping was left behind";
     }
 }
