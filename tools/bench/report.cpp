@@ -647,8 +647,22 @@ int main(int argc, char** argv) {
     // from 1, 2 and 4 NVMe striped by dmabufio-bench (agg-nvmeN), through md raid0 (agg-mdN), and
     // from a file on ext4 (agg-ext4); MB/s median (min-max) and the median over one NVMe's
     // (agg-nvme1) in the same boot.
+    const auto agg_mbs = [&](const std::string& m, const std::string& b, const Workload& w) {
+        std::vector<double> v = series(m, b, w);
+        for (double& x : v) {
+            x = x * static_cast<double>(w.bs) / 1e6;
+        }
+        return v;
+    };
     bool agg_header = false;
     for (const auto& m : modes) {
+        // One NVMe's median in this boot, the rows' reference.
+        std::optional<double> one;
+        for (const auto& [k, reps] : plan) {
+            if (k.mode == m && k.buffers == "agg-nvme1" && !series(m, k.buffers, k.w).empty()) {
+                one = median(agg_mbs(m, k.buffers, k.w));
+            }
+        }
         for (const auto& [k, reps] : plan) {
             if (k.mode != m || k.buffers.rfind("agg-", 0) != 0) {
                 continue;
@@ -663,25 +677,10 @@ int main(int argc, char** argv) {
                     "file on ext4 on one NVMe\n");
                 agg_header = true;
             }
-            const auto mbs = [&](const std::string& b, const Workload& w) {
-                std::vector<double> v = series(m, b, w);
-                for (double& x : v) {
-                    x = x * static_cast<double>(w.bs) / 1e6;
-                }
-                return v;
-            };
-            const auto v = mbs(k.buffers, k.w);
-            double one = 0;
-            for (const auto& [k1, r1] : plan) {
-                if (k1.mode == m && k1.buffers == "agg-nvme1") {
-                    one = median(mbs(k1.buffers, k1.w));
-                }
-            }
+            const auto v = agg_mbs(m, k.buffers, k.w);
             std::string over = "n/a";
-            if (!v.empty() && one != 0) {
-                std::array<char, 16> buf{};
-                std::snprintf(buf.data(), buf.size(), "%.2fx", median(v) / one);
-                over = buf.data();
+            if (!v.empty() && one && *one != 0) {
+                over = fixed(median(v) / *one, 2) + "x";
             }
             std::printf("  %-6s %-10s %-16s %22s MB/s  %s\n", m.c_str(), k.buffers.c_str(),
                         label(k.w).c_str(), spread(v).c_str(), over.c_str());
