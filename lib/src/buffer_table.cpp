@@ -26,6 +26,9 @@ std::string advice_for(int err) {
                    "journalled or inline data, nor on XFS's realtime device)";
         case ENXIO:
             return "the dm device has no table loaded, or the md array is not running";
+        case EREMOTEIO:
+            return "the dma-buf is device memory that this device cannot reach peer-to-peer "
+                   "(the kernel's PCI P2PDMA distance check refused the pair)";
         case EBADF:
             return "dmabuf_fd must be an open dma-buf and target_fd an open file";
         case EINVAL:

@@ -69,13 +69,20 @@ Fd heap(std::size_t size) {
     return Fd(static_cast<int>(alloc.fd));
 }
 
-Fd test_exporter(std::size_t size) {
-    Fd dev =
-        open_dev("/dev/dmabuf_test", "the kernel needs CONFIG_DMABUF_TEST_EXPORTER (debug kernel)");
+Fd test_exporter(std::size_t size, unsigned flags) {
+    Fd dev = open_dev("/dev/dmabuf_test", "the kernel needs CONFIG_DMABUF_TEST_EXPORTER");
     dmabuf_test_create create{};
     create.size = size;
+    create.flags = flags;
     if (::ioctl(dev.get(), DMABUF_TEST_IOCTL_CREATE, &create) != 0) {
-        throw_error(errno, "DMABUF_TEST_IOCTL_CREATE of " + std::to_string(size) + " bytes");
+        const int err = errno;
+        const bool vram = (flags & DMABUF_TEST_CREATE_VRAM) != 0;
+        throw_error(err,
+                    std::string("DMABUF_TEST_IOCTL_CREATE of ") + std::to_string(size) + " bytes" +
+                        (vram ? " of VRAM" : ""),
+                    vram && err == ENODEV   ? "no VRAM device: boot the lab with vm/run --vram SIZE"
+                    : vram && err == ENOMEM ? "the VRAM device's BAR has no room that large left"
+                                            : "");
     }
     return Fd(create.fd);
 }
@@ -92,7 +99,11 @@ Exporter parse_exporter(const std::string& name) {
     if (name == "test") {
         return Exporter::kTest;
     }
-    throw_error(EINVAL, "unknown dma-buf exporter '" + name + "'", "use udmabuf, heap or test");
+    if (name == "vram") {
+        return Exporter::kVram;
+    }
+    throw_error(EINVAL, "unknown dma-buf exporter '" + name + "'",
+                "use udmabuf, heap, test or vram");
 }
 
 const char* to_string(Exporter e) {
@@ -103,6 +114,8 @@ const char* to_string(Exporter e) {
             return "heap";
         case Exporter::kTest:
             return "test";
+        case Exporter::kVram:
+            return "vram";
         case Exporter::kAdopted:
             return "adopted";
     }
@@ -116,7 +129,9 @@ DmaBuf DmaBuf::allocate(Exporter exporter, std::size_t size) {
         case Exporter::kHeap:
             return {heap(size), size, exporter};
         case Exporter::kTest:
-            return {test_exporter(size), size, exporter};
+            return {test_exporter(size, 0), size, exporter};
+        case Exporter::kVram:
+            return {test_exporter(size, DMABUF_TEST_CREATE_VRAM), size, exporter};
         case Exporter::kAdopted:
             break;
     }
@@ -213,7 +228,7 @@ void DmaBuf::end_cpu_access(bool write) {
 }
 
 void DmaBuf::move(unsigned flags) {
-    if (exporter_ != Exporter::kTest) {
+    if (exporter_ != Exporter::kTest && exporter_ != Exporter::kVram) {
         throw_error(EOPNOTSUPP, "move a dma-buf", "only the test exporter can MOVE on demand");
     }
     if (!test_dev_.valid()) {

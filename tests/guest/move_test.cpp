@@ -60,7 +60,9 @@ TEST(TestExporter, RepeatingBuffersAreWholeChunksOfOneMemory) {
     };
     EXPECT_EQ(create(DMABUF_TEST_REPEAT_CHUNK + 4 * kKiB, DMABUF_TEST_CREATE_REPEAT), -EINVAL);
     EXPECT_EQ(create(4 * kKiB, DMABUF_TEST_CREATE_REPEAT), -EINVAL);
-    EXPECT_EQ(create(DMABUF_TEST_REPEAT_CHUNK, 1U << 1), -EINVAL);
+    EXPECT_EQ(create(DMABUF_TEST_REPEAT_CHUNK, 1U << 2), -EINVAL);
+    EXPECT_EQ(create(DMABUF_TEST_REPEAT_CHUNK, DMABUF_TEST_CREATE_REPEAT | DMABUF_TEST_CREATE_VRAM),
+              -EINVAL);
 
     DmaBuf buf = guest::repeating_dmabuf(std::size_t{16} << 30);
     auto view = buf.map();

@@ -41,6 +41,7 @@ using dmabufio::Ring;
 using dmabufio::SlotKind;
 using guest::kKiB;
 using guest::kMiB;
+using guest::VerifiedRounds;
 
 constexpr std::size_t kSpan = 128 * kMiB;  // the part of each target the tests use
 constexpr std::size_t kHalf = kSpan / 2;   // dm-linear's boundary between its two devices
@@ -433,67 +434,6 @@ std::string pci_address(const std::string& ctrl) {
         std::filesystem::read_symlink("/sys/class/nvme/" + ctrl + "/device").string();
     return link.substr(link.rfind('/') + 1);
 }
-
-// Verified reads and writes at depth 16 in rounds, each I/O in its own 1 MiB window of the first
-// 32 MiB of `dev` (whose contents `data` holds): returns the number of I/Os, fails the test on any
-// I/O that doesn't complete in full with the right bytes.
-struct VerifiedRounds {
-    static constexpr unsigned kDepth = 16;
-    static constexpr std::size_t kSlot = 128 * kKiB;
-    static constexpr std::size_t kArea = 32 * kMiB;
-
-    VerifiedRounds(int fd, const std::string& dev, BufferTable& table, std::span<std::uint8_t> view)
-        : fd_(fd), plain_(dev), table_(table), view_(view), data_(kArea), back_(kSlot) {
-        guest::fill(data_.data(), kArea, 3);
-        plain_.write(data_.data(), kArea, 0);
-    }
-    void round() {
-        std::vector<unsigned> windows(kArea / kMiB);
-        for (unsigned w = 0; w < windows.size(); w++) {
-            windows[w] = w;
-        }
-        std::shuffle(windows.begin(), windows.end(), gen_);
-        std::vector<std::pair<bool, std::uint64_t>> batch(kDepth);
-        for (unsigned i = 0; i < kDepth; i++) {
-            batch[i] = {gen_() % 2 == 0, windows[i] * kMiB + (gen_() % 8) * kSlot};
-            if (batch[i].first) {
-                guest::fill(view_.data() + i * kSlot, kSlot, gen_());
-            }
-            table_.prep(batch[i].first, fd_, 0, i * kSlot, kSlot, batch[i].second, i);
-        }
-        for (unsigned i = 0; i < kDepth; i++) {
-            auto [ud, res] = table_.ring().submit_and_wait_one();
-            ASSERT_LT(ud, kDepth);
-            ASSERT_EQ(res, static_cast<int>(kSlot)) << "I/O at " << batch[ud].second;
-            ios++;
-        }
-        for (unsigned i = 0; i < kDepth; i++) {
-            const auto [write, at] = batch[i];
-            if (write) {
-                std::memcpy(data_.data() + at, view_.data() + i * kSlot, kSlot);
-                plain_.read(back_.data(), kSlot, at);
-                ASSERT_EQ(std::memcmp(back_.data(), data_.data() + at, kSlot), 0)
-                    << "write at " << at;
-            } else {
-                ASSERT_EQ(std::memcmp(view_.data() + i * kSlot, data_.data() + at, kSlot), 0)
-                    << "read at " << at;
-            }
-            verified += kSlot;
-        }
-    }
-
-    std::size_t ios = 0;
-    std::size_t verified = 0;
-
-  private:
-    int fd_;
-    guest::Reference plain_;
-    BufferTable& table_;
-    std::span<std::uint8_t> view_;
-    guest::Memory data_;
-    guest::Memory back_;
-    std::mt19937_64 gen_{29};
-};
 
 // The multipath head under verified I/O while its paths' controllers are reset in turn (every
 // I/O caught by a reset fails over to the other path, with that path's mapping), then while one

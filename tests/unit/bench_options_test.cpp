@@ -141,7 +141,7 @@ TEST(BenchOptions, ErrorsSayWhatIsWrong) {
     EXPECT_NE(error({"-n", "0", "/dev/a"}).find("-n takes 1 to 64"), std::string::npos);
     EXPECT_NE(error({"--buffers", "gpu", "/dev/a"}).find("plain, fixed, dmabuf or compat"),
               std::string::npos);
-    EXPECT_NE(error({"--dmabuf", "gpu", "/dev/a"}).find("udmabuf, heap or test"),
+    EXPECT_NE(error({"--dmabuf", "gpu", "/dev/a"}).find("udmabuf, heap, test or vram"),
               std::string::npos);
     EXPECT_NE(error({"--move-every", "10", "/dev/a"}).find("--dmabuf test"), std::string::npos);
     EXPECT_NE(error({"--buffers", "dmabuf", "--move-every", "10", "/dev/a"}).find("--dmabuf test"),

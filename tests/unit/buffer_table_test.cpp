@@ -111,7 +111,7 @@ TEST(DmaBuf, UnknownExporterIsEinvalWithTheChoices) {
         FAIL();
     } catch (const dmabufio::Error& e) {
         EXPECT_EQ(e.err(), EINVAL);
-        EXPECT_NE(std::string(e.what()).find("udmabuf, heap or test"), std::string::npos);
+        EXPECT_NE(std::string(e.what()).find("udmabuf, heap, test or vram"), std::string::npos);
     }
 }
 

@@ -14,9 +14,10 @@ enum class Exporter {
     kUdmabuf,  // /dev/udmabuf over a sealed memfd
     kHeap,     // /dev/dma_heap/system
     kTest,     // /dev/dmabuf_test (the test exporter: MOVE on demand)
+    kVram,     // the test exporter's device memory (DMABUF_TEST_CREATE_VRAM; vm/run --vram)
     kAdopted,  // any other dma-buf, taken over with DmaBuf::adopt()
 };
-// "udmabuf", "heap", "test" -> Exporter; throws Error(EINVAL) on anything else.
+// "udmabuf", "heap", "test", "vram" -> Exporter; throws Error(EINVAL) on anything else.
 Exporter parse_exporter(const std::string& name);
 const char* to_string(Exporter e);
 
@@ -52,9 +53,10 @@ class DmaBuf {
     // CPU access brackets (DMA_BUF_IOCTL_SYNC) around reads/writes of map().
     void begin_cpu_access(bool write);
     void end_cpu_access(bool write);
-    // Test exporter only: migrate to new backing pages (contents kept): DMABUF_TEST_IOCTL_MOVE
-    // with flags. The exporter's device stays open after the first call, so that a MOVE costs
-    // one ioctl. Throws Error.
+    // Test exporter only (kTest, kVram): migrate to new backing memory (contents kept):
+    // DMABUF_TEST_IOCTL_MOVE with flags (DMABUF_TEST_MOVE_TO_SYSTEM evicts a VRAM buffer,
+    // DMABUF_TEST_MOVE_TO_VRAM restores it). The exporter's device stays open after the first call,
+    // so that a MOVE costs one ioctl. Throws Error.
     void move(unsigned flags = 0);
     // Closes the fd (and unmaps); a registration made from it stays valid in the kernel.
     void close();

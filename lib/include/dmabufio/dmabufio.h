@@ -86,6 +86,8 @@ int dmabufio_register_raw(int ring_fd, unsigned int opcode, void* arg, unsigned 
  *     EOPNOTSUPP  target_fd cannot take dma-bufs: not a blk-mq block device, not opened with
  *                 O_DIRECT, a device with integrity metadata, or a kernel without
  *                 CONFIG_DMABUF_IO.
+ *     EREMOTEIO   the dma-buf is device memory (a peer-to-peer exporter's) that target_fd's
+ *                 device cannot reach: the kernel's PCI P2PDMA distance check refused the pair.
  *     EFAULT      descs or tags is not readable memory, or user memory is not valid.
  *     ENOMEM      no memory to register (for user memory, RLIMIT_MEMLOCK may be the limit).
  */
@@ -110,8 +112,8 @@ int dmabufio_update_buffers(struct io_uring* ring, unsigned int off,
  *     0 on success, -errno on failure.
  *
  * ERRORS
- *     As dmabufio_update_buffers() (EINVAL, ENXIO, EBADF, EOPNOTSUPP, ENOMEM); EINVAL also when
- *     slot is outside the table.
+ *     As dmabufio_update_buffers() (EINVAL, ENXIO, EBADF, EOPNOTSUPP, EREMOTEIO, ENOMEM); EINVAL
+ *     also when slot is outside the table.
  */
 int dmabufio_register_dmabuf(struct io_uring* ring, unsigned int slot, int dmabuf_fd, int target_fd,
                              __u64 tag);

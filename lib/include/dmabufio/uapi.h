@@ -52,6 +52,19 @@ struct dmabuf_test_move {
 /* MOVE without reserving the importers' fence slots: their move_notify must reserve (allocate). */
 #define DMABUF_TEST_MOVE_NO_RESERVE (1U << 0)
 #endif
+#ifndef DMABUF_TEST_CREATE_VRAM
+/* CREATE in device memory (the lab's ivshmem BAR); MOVE to system memory (evict) or back. */
+#define DMABUF_TEST_CREATE_VRAM (1U << 1)
+#define DMABUF_TEST_MOVE_TO_SYSTEM (1U << 1)
+#define DMABUF_TEST_MOVE_TO_VRAM (1U << 2)
+struct dmabuf_test_info {
+    __s32 fd;
+    __u32 flags;       /* out: DMABUF_TEST_INFO_VRAM */
+    __u64 vram_offset; /* out: where in the BAR, if in VRAM */
+};
+#define DMABUF_TEST_INFO_VRAM (1U << 0)
+#define DMABUF_TEST_IOCTL_INFO _IOWR('D', 0x72, struct dmabuf_test_info)
+#endif
 
 #ifdef __cplusplus
 static_assert(sizeof(io_uring_regbuf_desc) == 80, "io_uring_regbuf_desc is 80 bytes in the uapi");
