@@ -93,6 +93,17 @@ TEST(BenchOptions, EveryFlag) {
     EXPECT_EQ(o.targets, std::vector<std::string>{"/dev/nvme1n1"});
 }
 
+// The test exporter's VRAM moves too (evicted and restored in turn); udmabuf doesn't.
+TEST(BenchOptions, VramBuffersMoveOnDemand) {
+    const Options o =
+        parse({"--buffers", "dmabuf", "--dmabuf", "vram", "--move-every", "10", "/dev/x"});
+    EXPECT_EQ(o.exporter, Exporter::kVram);
+    EXPECT_EQ(o.move_every_ms, 10U);
+    EXPECT_NE(error({"--buffers", "dmabuf", "--dmabuf", "udmabuf", "--move-every", "10", "/dev/a"})
+                  .find("--dmabuf test or vram"),
+              std::string::npos);
+}
+
 TEST(BenchOptions, CompatBuffersAreAKindAndTheOldFallbackFlagIsGone) {
     EXPECT_EQ(parse({"--buffers", "compat", "--dmabuf", "heap", "/dev/x"}).buffers, "compat");
     EXPECT_THROW(parse({"--mmap-fallback", "/dev/x"}), std::invalid_argument);

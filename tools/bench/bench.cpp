@@ -14,11 +14,13 @@
 //     -r SECONDS    runtime (5)                 -R 0|1     random offsets (1)
 //     -w 0|1        write instead of read (0)   --span BYTES  region of the device used (all)
 //     --sqpoll      a kernel thread submits (IORING_SETUP_SQPOLL)
-//     --buffers plain|fixed|dmabuf|compat (fixed) --dmabuf udmabuf|heap|test (udmabuf)
+//     --buffers plain|fixed|dmabuf|compat (fixed) --dmabuf udmabuf|heap|test|vram (udmabuf)
+//                   vram: the test exporter's device memory (a PCI BAR; vm/run --vram)
 //                   compat: the library's compat mode, what works without the series: each I/O
 //                   reads into registered host memory, then its bytes are copied into the dma-buf
 //                   through its CPU mapping (DMA_BUF_IOCTL_SYNC around the copy; before a write)
-//     --move-every MS  (--dmabuf test only) a mover thread MOVEs the dma-buf every MS ms and the
+//     --move-every MS  (--dmabuf test or vram) a mover thread MOVEs the dma-buf every MS ms (vram:
+//                      evicts it to system memory and restores it to VRAM in turn) and the
 //                      re-map latency is reported: MOVE ioctl return -> first completion of an
 //                      I/O submitted after that return (median, p99 over all moves); and, from
 //                      the test exporter's debugfs, the mean time a map took and the mean time
@@ -493,7 +495,10 @@ int run(const Options& o) {
                         break;
                     }
                     const std::int64_t t_call = now_ns();
-                    dbuf->move();
+                    // VRAM: an eviction to system memory and a restore to VRAM in turn.
+                    dbuf->move(o.exporter != dmabufio::Exporter::kVram ? 0
+                               : g % 2 == 1                            ? DMABUF_TEST_MOVE_TO_SYSTEM
+                                                                       : DMABUF_TEST_MOVE_TO_VRAM);
                     const std::int64_t t_ret = now_ns();
                     moves->ret_ns[g] = t_ret;
                     moves->ioctl_ns.push_back(t_ret - t_call);

@@ -166,8 +166,11 @@ Options parse_options(int argc, char** argv) {
     if (o.runtime <= 0) {
         usage("-r takes a positive number of seconds");
     }
-    if (o.move_every_ms != 0 && (o.buffers != "dmabuf" || o.exporter != Exporter::kTest)) {
-        usage("--move-every needs --buffers dmabuf --dmabuf test (only the test exporter MOVEs)");
+    if (o.move_every_ms != 0 && (o.buffers != "dmabuf" || (o.exporter != Exporter::kTest &&
+                                                           o.exporter != Exporter::kVram))) {
+        usage(
+            "--move-every needs --buffers dmabuf --dmabuf test or vram (only the test exporter "
+            "MOVEs)");
     }
     if (o.hugepages &&
         (o.buffers == "compat" || (o.buffers == "dmabuf" && o.exporter != Exporter::kUdmabuf))) {

@@ -687,6 +687,47 @@ int main(int argc, char** argv) {
         }
     }
 
+    // NVMe -> VRAM (guest-matrix's vram-* rows): sequential reads into the test exporter's
+    // device memory, registered (vram-dmabuf) against O_DIRECT into host memory and a copy into
+    // the BAR (vram-compat), their ratio from each repetition's pair; and the rate kept with an
+    // eviction or a restore every 10 ms (vram-evict10ms over vram-dmabuf, the same pairing).
+    bool vram_header = false;
+    for (const auto& m : modes) {
+        for (const auto& [k, reps] : plan) {
+            if (k.mode != m || k.buffers != "vram-dmabuf") {
+                continue;
+            }
+            if (!vram_header) {
+                std::printf(
+                    "\nNVMe -> VRAM (the test exporter's device memory, a PCI BAR, peer-to-peer), "
+                    "sequential reads at depth 8: MB/s median (min-max) into a registered VRAM "
+                    "dma-buf (vram-dmabuf) and through host memory, O_DIRECT then a copy into the "
+                    "BAR (vram-compat), their ratio (min-max of the repetitions' pairs); evicted "
+                    "and restored in turn every 10 ms (vram-evict10ms) and the rate kept\n");
+                vram_header = true;
+            }
+            const auto dma = agg_mbs(m, "vram-dmabuf", k.w);
+            const auto bounce = agg_mbs(m, "vram-compat", k.w);
+            std::printf(
+                "  %-6s %-16s dmabuf %20s  bounce %20s MB/s  ratio %s\n", m.c_str(),
+                label(k.w).c_str(), spread(dma).c_str(), spread(bounce).c_str(),
+                ratio_spread(paired(m, "vram-dmabuf", "vram-compat", k.w),
+                             dma.empty() ? 0 : median(dma), bounce.empty() ? 0 : median(bounce))
+                    .c_str());
+            const Key evict_key{m, "vram-evict10ms", k.w};
+            if (std::any_of(plan.begin(), plan.end(),
+                            [&](const auto& p) { return p.first == evict_key; })) {
+                const auto evict = agg_mbs(m, "vram-evict10ms", k.w);
+                std::printf(
+                    "  %-6s %-16s evicted/restored every 10 ms %20s MB/s  kept %s\n", m.c_str(),
+                    label(k.w).c_str(), spread(evict).c_str(),
+                    ratio_spread(paired(m, "vram-evict10ms", "vram-dmabuf", k.w),
+                                 evict.empty() ? 0 : median(evict), dma.empty() ? 0 : median(dma))
+                        .c_str());
+            }
+        }
+    }
+
     // The plots. iops.png: the main workloads' kinds, IOPS over fixed buffers' median in
     // passthrough (in the same boot where passthrough was not run). sweep.png: every workload,
     // dmabuf/fixed in each boot (the repetitions' pairs), and the whole guest's CPU per I/O for
