@@ -155,8 +155,8 @@ TEST(Vram, BadRequestsAreRefused) {
     EXPECT_TRUE(placement(vram).in_vram);
 }
 
-// 4 KiB to 4 MiB in every boot (the strict one checks every DMA API call, whose per-sync lookups
-// make a larger mapping of contiguous VRAM take minutes there); 128 MiB below.
+// 4 KiB to 4 MiB in every VRAM boot; 128 MiB below, not with DMA API debugging (its per-sync
+// lookups make a mapping of that much contiguous VRAM take minutes).
 TEST(Vram, VerifiedReadsAndWritesFrom4KiBTo4MiB) {
     std::uint64_t at = 0;
     for (const std::size_t size : {4 * kKiB, 64 * kKiB, kMiB, 4 * kMiB}) {
