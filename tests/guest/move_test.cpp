@@ -73,6 +73,18 @@ TEST(TestExporter, RepeatingBuffersAreWholeChunksOfOneMemory) {
     EXPECT_EQ(buf.map()[last + 4 * kKiB - 1], 0x5a) << "a MOVE lost the chunk's contents";
 }
 
+// The CPU mapping is of raw PFNs: direct I/O cannot pin its pages (they move), not even through
+// the lockless GUP walk, which ignores VM_IO.
+TEST(TestExporter, CpuMappingCannotBePinnedForDirectIo) {
+    DmaBuf buf = DmaBuf::allocate(Exporter::kTest, kMiB);
+    auto view = buf.map();
+    view[0] = 1;  // populated
+    const dmabufio::Fd f(::open(guest::kDevice, O_RDONLY | O_DIRECT | O_CLOEXEC));
+    ASSERT_TRUE(f.valid());
+    EXPECT_EQ(::pread(f.get(), view.data(), 64 * kKiB, 0), -1);
+    EXPECT_EQ(errno, EFAULT);
+}
+
 TEST(TestExporter, ContentsSurviveMoves) {
     DmaBuf buf = DmaBuf::allocate(Exporter::kTest, kMiB);
     auto view = buf.map();

@@ -153,6 +153,14 @@ TEST(Vram, BadRequestsAreRefused) {
     DmaBuf vram = DmaBuf::allocate(Exporter::kVram, 64 * kKiB);
     EXPECT_EQ(move_errno(vram, DMABUF_TEST_MOVE_TO_VRAM | DMABUF_TEST_MOVE_TO_SYSTEM), EINVAL);
     EXPECT_TRUE(placement(vram).in_vram);
+    // Its CPU mapping can't be pinned for direct I/O (an NVMe that reaches the BAR would take
+    // peer-to-peer pages otherwise, and the buffer moves).
+    auto view = vram.map();
+    view[0] = 1;
+    const Fd f(::open(guest::kDevice, O_RDONLY | O_DIRECT | O_CLOEXEC));
+    ASSERT_TRUE(f.valid());
+    EXPECT_EQ(::pread(f.get(), view.data(), 64 * kKiB, 0), -1);
+    EXPECT_EQ(errno, EFAULT);
 }
 
 // 4 KiB to 4 MiB in every VRAM boot; 128 MiB below, not with DMA API debugging (its per-sync
