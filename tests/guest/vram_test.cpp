@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -302,6 +303,43 @@ TEST(VramRemoval, DeviceRemovedUnderIoEvictsItsBuffers) {
     ASSERT_TRUE(guest::wait_until(
         [] { return create_errno(64 * kKiB, DMABUF_TEST_CREATE_VRAM) == 0; }, 30));
     EXPECT_EQ(move_errno(buf, DMABUF_TEST_MOVE_TO_VRAM), ENODEV) << "the old device is gone";
+}
+
+// vm/run --vram-far: the VRAM device under a host bridge of its own, which the kernel's P2PDMA
+// distance check does not let the NVMe reach: registering a VRAM dma-buf against the NVMe is
+// EREMOTEIO (with the library's advice), wherever the buffer is at the time, and leaves nothing
+// attached; the buffer itself works (CPU access, eviction).
+TEST(VramFar, RegistrationAcrossHostBridgesIsEremoteio) {
+    const std::string addr = vram_pci();
+    ASSERT_FALSE(addr.empty()) << "no VRAM device: boot with vm/run --vram SIZE --vram-far";
+    ASSERT_NE(addr.rfind("0000:00:", 0), 0U) << addr << " is on the NVMe's root bus";
+    const Fd f = open_nvme();
+    DmaBuf buf = DmaBuf::allocate(Exporter::kVram, kMiB);
+    ASSERT_TRUE(placement(buf).in_vram);
+    guest::fill(buf.map().data(), kMiB, 5);
+    Ring ring(4);
+    BufferTable table(ring, 1);
+    for (const unsigned to : {0U, unsigned{DMABUF_TEST_MOVE_TO_SYSTEM}}) {
+        if (to != 0) {
+            buf.move(to);
+            ASSERT_FALSE(placement(buf).in_vram);
+        }
+        EXPECT_EQ(table.update(0, guest::dmabuf_desc(buf.fd(), f.get())), -EREMOTEIO);
+        try {
+            table.register_dmabuf(0, buf, f.get());
+            ADD_FAILURE() << "registered across host bridges";
+        } catch (const dmabufio::Error& e) {
+            EXPECT_EQ(e.err(), EREMOTEIO);
+            EXPECT_NE(std::string(e.what()).find("peer-to-peer"), std::string::npos) << e.what();
+        }
+    }
+    struct stat st {};
+    ASSERT_EQ(::fstat(buf.fd(), &st), 0);
+    EXPECT_EQ(guest::attached_devices(st.st_ino), 0) << "a refused attachment was left behind";
+    buf.move(DMABUF_TEST_MOVE_TO_VRAM);
+    guest::Memory expect(kMiB);
+    guest::fill(expect.data(), kMiB, 5);
+    EXPECT_EQ(std::memcmp(buf.map().data(), expect.data(), kMiB), 0);
 }
 
 // Defined last in this file, so that it runs after the others of a boot (gtest keeps definition
