@@ -141,6 +141,17 @@ void round_trip(std::size_t size, std::uint64_t dev_off) {
     }
 }
 
+// A VRAM dma-buf registered against the NVMe (kind says how), and verified rounds of I/O
+// through it.
+struct VramUnderIo {
+    Fd f = open_nvme();
+    DmaBuf buf = DmaBuf::allocate(Exporter::kVram, VerifiedRounds::kDepth* VerifiedRounds::kSlot);
+    Ring ring{VerifiedRounds::kDepth};
+    BufferTable table{ring, 1};
+    SlotKind kind = table.register_dmabuf(0, buf, f.get());
+    VerifiedRounds rounds{f.get(), guest::kDevice, table, buf.map()};
+};
+
 TEST(Vram, BadRequestsAreRefused) {
     ASSERT_FALSE(vram_pci().empty()) << "no VRAM device: boot with vm/run --vram SIZE";
     EXPECT_EQ(
@@ -214,7 +225,7 @@ TEST(Vram, RegistrationFollowsTheBufferAcrossEvictionAndRestore) {
     rounds.round();
     buf.move(DMABUF_TEST_MOVE_TO_VRAM);
     rounds.round();
-    EXPECT_EQ(rounds.ios, 5 * VerifiedRounds::kDepth);
+    EXPECT_EQ(rounds.ios, std::size_t{5} * VerifiedRounds::kDepth);
 }
 
 // The dma-buf rules' own case: the exporter evicts the buffer out of device memory and brings it
@@ -222,12 +233,10 @@ TEST(Vram, RegistrationFollowsTheBufferAcrossEvictionAndRestore) {
 // read and write is verified; each eviction poisons the VRAM it left and the next allocation
 // there checks the poison, so a late DMA is caught either way.
 TEST(Vram, VerifiedIoWhileEvictedAndRestoredInBursts) {
-    const Fd f = open_nvme();
-    DmaBuf buf = DmaBuf::allocate(Exporter::kVram, VerifiedRounds::kDepth * VerifiedRounds::kSlot);
-    Ring ring(VerifiedRounds::kDepth);
-    BufferTable table(ring, 1);
-    ASSERT_EQ(table.register_dmabuf(0, buf, f.get()), SlotKind::kDmaBuf);
-    VerifiedRounds rounds(f.get(), guest::kDevice, table, buf.map());
+    VramUnderIo v;
+    ASSERT_EQ(v.kind, SlotKind::kDmaBuf);
+    DmaBuf& buf = v.buf;
+    VerifiedRounds& rounds = v.rounds;
 
     constexpr unsigned kEvictions = 1000;
     std::atomic<bool> stop{false};
@@ -248,8 +257,9 @@ TEST(Vram, VerifiedIoWhileEvictedAndRestoredInBursts) {
         }
     });
     const auto t0 = std::chrono::steady_clock::now();
-    while ((evictions.load() < kEvictions || rounds.ios < 20 * VerifiedRounds::kDepth) &&
-           error.empty() && !testing::Test::HasFatalFailure()) {
+    while (
+        (evictions.load() < kEvictions || rounds.ios < std::size_t{20} * VerifiedRounds::kDepth) &&
+        error.empty() && !testing::Test::HasFatalFailure()) {
         rounds.round();
     }
     stop = true;
@@ -270,12 +280,10 @@ TEST(Vram, VerifiedIoWhileEvictedAndRestoredInBursts) {
 TEST(VramRemoval, DeviceRemovedUnderIoEvictsItsBuffers) {
     const std::string addr = vram_pci();
     ASSERT_FALSE(addr.empty()) << "no VRAM device: boot with vm/run --vram SIZE";
-    const Fd f = open_nvme();
-    DmaBuf buf = DmaBuf::allocate(Exporter::kVram, VerifiedRounds::kDepth * VerifiedRounds::kSlot);
-    Ring ring(VerifiedRounds::kDepth);
-    BufferTable table(ring, 1);
-    ASSERT_EQ(table.register_dmabuf(0, buf, f.get()), SlotKind::kDmaBuf);
-    VerifiedRounds rounds(f.get(), guest::kDevice, table, buf.map());
+    VramUnderIo v;
+    ASSERT_EQ(v.kind, SlotKind::kDmaBuf);
+    DmaBuf& buf = v.buf;
+    VerifiedRounds& rounds = v.rounds;
     rounds.round();
 
     std::atomic<bool> removed{false};
