@@ -248,6 +248,23 @@ inline dmabufio::DmaBuf repeating_dmabuf(std::size_t size) {
     return dmabufio::DmaBuf::adopt(dmabufio::Fd(create.fd));
 }
 
+// DMABUF_TEST_IOCTL_CREATE of `size` bytes with `flags`: 0 when it succeeds (the new dma-buf is
+// closed again), else its errno. Throws if /dev/dmabuf_test cannot be opened.
+inline int test_exporter_create_errno(std::uint64_t size, std::uint32_t flags) {
+    const dmabufio::Fd dev(::open("/dev/dmabuf_test", O_RDWR | O_CLOEXEC));
+    if (!dev.valid()) {
+        throw std::runtime_error(std::string("open /dev/dmabuf_test: ") + std::strerror(errno));
+    }
+    dmabuf_test_create c{};
+    c.size = size;
+    c.flags = flags;
+    if (::ioctl(dev.get(), DMABUF_TEST_IOCTL_CREATE, &c) != 0) {
+        return errno;
+    }
+    ::close(c.fd);
+    return 0;
+}
+
 // DMABUF_TEST_IOCTL_MOVE of a test-exporter dma-buf that the library adopted (and so can't move).
 inline void test_exporter_move(int dmabuf_fd) {
     const dmabufio::Fd dev(::open("/dev/dmabuf_test", O_RDWR | O_CLOEXEC));

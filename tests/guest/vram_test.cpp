@@ -64,18 +64,6 @@ int move_errno(DmaBuf& buf, unsigned flags) {
     }
 }
 
-int create_errno(std::size_t size, unsigned flags) {
-    const Fd dev(::open("/dev/dmabuf_test", O_RDWR | O_CLOEXEC));
-    dmabuf_test_create c{};
-    c.size = size;
-    c.flags = flags;
-    if (::ioctl(dev.get(), DMABUF_TEST_IOCTL_CREATE, &c) != 0) {
-        return errno;
-    }
-    ::close(c.fd);
-    return 0;
-}
-
 // The PCI address of the VRAM device (QEMU's ivshmem, 1af4:1110), "" if there is none.
 std::string vram_pci() {
     for (const auto& d : std::filesystem::directory_iterator("/sys/bus/pci/devices")) {
@@ -154,10 +142,11 @@ struct VramUnderIo {
 
 TEST(Vram, BadRequestsAreRefused) {
     ASSERT_FALSE(vram_pci().empty()) << "no VRAM device: boot with vm/run --vram SIZE";
-    EXPECT_EQ(
-        create_errno(DMABUF_TEST_REPEAT_CHUNK, DMABUF_TEST_CREATE_VRAM | DMABUF_TEST_CREATE_REPEAT),
-        EINVAL);
-    EXPECT_EQ(create_errno(std::size_t{64} << 30, DMABUF_TEST_CREATE_VRAM), ENOMEM)
+    EXPECT_EQ(guest::test_exporter_create_errno(
+                  DMABUF_TEST_REPEAT_CHUNK, DMABUF_TEST_CREATE_VRAM | DMABUF_TEST_CREATE_REPEAT),
+              EINVAL);
+    EXPECT_EQ(guest::test_exporter_create_errno(std::size_t{64} << 30, DMABUF_TEST_CREATE_VRAM),
+              ENOMEM)
         << "a VRAM buffer larger than the BAR";
     DmaBuf sys = DmaBuf::allocate(Exporter::kTest, 64 * kKiB);
     EXPECT_EQ(move_errno(sys, DMABUF_TEST_MOVE_TO_VRAM), EINVAL) << "restore of a system buffer";
@@ -300,7 +289,7 @@ TEST(VramRemoval, DeviceRemovedUnderIoEvictsItsBuffers) {
     EXPECT_TRUE(vram_pci().empty());
     EXPECT_FALSE(placement(buf).in_vram);
     EXPECT_EQ(move_errno(buf, DMABUF_TEST_MOVE_TO_VRAM), ENODEV);
-    EXPECT_EQ(create_errno(64 * kKiB, DMABUF_TEST_CREATE_VRAM), ENODEV);
+    EXPECT_EQ(guest::test_exporter_create_errno(64 * kKiB, DMABUF_TEST_CREATE_VRAM), ENODEV);
     for (int i = 0; i < 4; i++) {
         rounds.round();
     }
@@ -309,7 +298,8 @@ TEST(VramRemoval, DeviceRemovedUnderIoEvictsItsBuffers) {
 
     guest::write_str("/sys/bus/pci/rescan", "1");
     ASSERT_TRUE(guest::wait_until(
-        [] { return create_errno(64 * kKiB, DMABUF_TEST_CREATE_VRAM) == 0; }, 30));
+        [] { return guest::test_exporter_create_errno(64 * kKiB, DMABUF_TEST_CREATE_VRAM) == 0; },
+        30));
     EXPECT_EQ(move_errno(buf, DMABUF_TEST_MOVE_TO_VRAM), ENODEV) << "the old device is gone";
 }
 

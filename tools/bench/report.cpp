@@ -646,8 +646,8 @@ int main(int argc, char** argv) {
     // Aggregate bandwidth into one dma-buf (guest-matrix's agg-* rows): 1 MiB sequential reads
     // from 1, 2 and 4 NVMe striped by dmabufio-bench (agg-nvmeN), through md raid0 (agg-mdN), and
     // from a file on ext4 (agg-ext4); MB/s median (min-max) and the median over one NVMe's
-    // (agg-nvme1) in the same boot.
-    const auto agg_mbs = [&](const std::string& m, const std::string& b, const Workload& w) {
+    // (agg-nvme1) in the same boot. mb_per_s: a row's MB/s per repetition (also the vram-* rows').
+    const auto mb_per_s = [&](const std::string& m, const std::string& b, const Workload& w) {
         std::vector<double> v = series(m, b, w);
         for (double& x : v) {
             x = x * static_cast<double>(w.bs) / 1e6;
@@ -660,7 +660,7 @@ int main(int argc, char** argv) {
         std::optional<double> one;
         for (const auto& [k, reps] : plan) {
             if (k.mode == m && k.buffers == "agg-nvme1" && !series(m, k.buffers, k.w).empty()) {
-                one = median(agg_mbs(m, k.buffers, k.w));
+                one = median(mb_per_s(m, k.buffers, k.w));
             }
         }
         for (const auto& [k, reps] : plan) {
@@ -677,7 +677,7 @@ int main(int argc, char** argv) {
                     "file on ext4 on one NVMe\n");
                 agg_header = true;
             }
-            const auto v = agg_mbs(m, k.buffers, k.w);
+            const auto v = mb_per_s(m, k.buffers, k.w);
             std::string over = "n/a";
             if (!v.empty() && one && *one != 0) {
                 over = fixed(median(v) / *one, 2) + "x";
@@ -706,24 +706,22 @@ int main(int argc, char** argv) {
                     "and restored in turn every 10 ms (vram-evict10ms) and the rate kept\n");
                 vram_header = true;
             }
-            const auto dma = agg_mbs(m, "vram-dmabuf", k.w);
-            const auto bounce = agg_mbs(m, "vram-compat", k.w);
-            std::printf(
-                "  %-6s %-16s dmabuf %20s  bounce %20s MB/s  ratio %s\n", m.c_str(),
-                label(k.w).c_str(), spread(dma).c_str(), spread(bounce).c_str(),
-                ratio_spread(paired(m, "vram-dmabuf", "vram-compat", k.w),
-                             dma.empty() ? 0 : median(dma), bounce.empty() ? 0 : median(bounce))
-                    .c_str());
+            const auto dma = mb_per_s(m, "vram-dmabuf", k.w);
+            const auto bounce = mb_per_s(m, "vram-compat", k.w);
+            std::printf("  %-6s %-16s dmabuf %20s  bounce %20s MB/s  ratio %s\n", m.c_str(),
+                        label(k.w).c_str(), spread(dma).c_str(), spread(bounce).c_str(),
+                        ratio_spread(paired(m, "vram-dmabuf", "vram-compat", k.w), median(dma),
+                                     median(bounce))
+                            .c_str());
             const Key evict_key{m, "vram-evict10ms", k.w};
             if (std::any_of(plan.begin(), plan.end(),
                             [&](const auto& p) { return p.first == evict_key; })) {
-                const auto evict = agg_mbs(m, "vram-evict10ms", k.w);
-                std::printf(
-                    "  %-6s %-16s evicted/restored every 10 ms %20s MB/s  kept %s\n", m.c_str(),
-                    label(k.w).c_str(), spread(evict).c_str(),
-                    ratio_spread(paired(m, "vram-evict10ms", "vram-dmabuf", k.w),
-                                 evict.empty() ? 0 : median(evict), dma.empty() ? 0 : median(dma))
-                        .c_str());
+                const auto evict = mb_per_s(m, "vram-evict10ms", k.w);
+                std::printf("  %-6s %-16s evicted/restored every 10 ms %20s MB/s  kept %s\n",
+                            m.c_str(), label(k.w).c_str(), spread(evict).c_str(),
+                            ratio_spread(paired(m, "vram-evict10ms", "vram-dmabuf", k.w),
+                                         median(evict), median(dma))
+                                .c_str());
             }
         }
     }
