@@ -546,6 +546,22 @@ Symbol kernel_symbol(const std::string& name) {
     return {start, *next};
 }
 
+// The importer's invalidation callback: dma_buf_io_invalidate_mappings on 7.3 (the dma-buf
+// callback's name there), dma_buf_io_move_notify on 6.12.
+const char* invalidation_callback() {
+    static const char* const name = [] {
+        std::ifstream in("/proc/kallsyms");
+        std::string line;
+        while (std::getline(in, line)) {
+            if (line.ends_with(" dma_buf_io_invalidate_mappings")) {
+                return "dma_buf_io_invalidate_mappings";
+            }
+        }
+        return "dma_buf_io_move_notify";
+    }();
+    return name;
+}
+
 // failslab and fail_page_alloc set to fail every allocation (any gfp, any order) whose call chain
 // passes through `sym`; restored to off on destruction. injected() counts the failures.
 class FailAllocationsIn {
@@ -652,15 +668,15 @@ InjectionRun run_with_failing_allocations(const char* symbol, std::uint32_t move
 // An exporter that reserves no fence slots for its importers (as TTM and amdgpu don't): move_notify
 // still allocates nothing, since it publishes no fence (it waits for the in-flight I/O itself).
 TEST(MoveFaultInjection, MoveNotifyAllocatesNothingWithoutReservedSlots) {
-    const auto r = run_with_failing_allocations("dma_buf_io_move_notify",
-                                                DMABUF_TEST_MOVE_NO_RESERVE, true, 8);
+    const auto r =
+        run_with_failing_allocations(invalidation_callback(), DMABUF_TEST_MOVE_NO_RESERVE, true, 8);
     EXPECT_EQ(r.injected.first + r.injected.second, 0U);
 }
 
 // With an exporter that reserves the importers' slots (as the test exporter does by default),
 // move_notify allocates nothing either: every allocation in it would fail, and none is made.
 TEST(MoveFaultInjection, MoveNotifyAllocatesNothing) {
-    const auto r = run_with_failing_allocations("dma_buf_io_move_notify", 0, true, 8);
+    const auto r = run_with_failing_allocations(invalidation_callback(), 0, true, 8);
     EXPECT_EQ(r.injected.first + r.injected.second, 0U);
 }
 
