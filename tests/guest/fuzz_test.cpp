@@ -26,6 +26,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -55,6 +56,18 @@
 #include "guest_util.hpp"
 
 namespace {
+
+// 7.x io_uring imports a fixed buffer at issue, after it has looked the file up (6.12 imported it
+// at prep): with both a bad file and a bad slot, 7.x says EBADF where 6.12 said EFAULT. And 7.x's
+// extended update takes a UADDR descriptor exactly as an iovec: an empty one (uaddr and size 0)
+// with a tag is EINVAL there, as an empty iovec with a tag is.
+bool kernel_7_or_later() {
+    static const bool v = [] {
+        utsname u{};
+        return ::uname(&u) == 0 && std::atoi(u.release) >= 7;
+    }();
+    return v;
+}
 
 using dmabufio::BlockFile;
 using dmabufio::BufferTable;
@@ -672,6 +685,9 @@ int Fuzzer::predict_desc(const io_uring_regbuf_desc& d, std::uint64_t tag, bool*
         case IO_REGBUF_TYPE_EMPTY:
             return d.uaddr != 0 || d.size != 0 ? -EINVAL : 0;
         case IO_REGBUF_TYPE_UADDR: {
+            if (kernel_7_or_later() && d.uaddr == 0 && d.size == 0 && tag != 0) {
+                return -EINVAL;
+            }
             const int r = predict_uaddr(d.uaddr, d.size, uncertain, out);
             out->tag = tag;
             return r;
@@ -998,7 +1014,16 @@ Expect Fuzzer::predict_rw(bool write, unsigned slot, std::uint64_t addr, std::ui
     if ((sqe_flags & IOSQE_BUFFER_SELECT) != 0) {
         return exactly(-EOPNOTSUPP);  // READ_FIXED/WRITE_FIXED select no buffers
     }
-    // prep: the slot and the range in it
+    if (kernel_7_or_later()) {
+        // issue: the file is looked up first
+        const std::shared_ptr<Desc> f0 =
+            fixed_file ? (fd >= 0 && fd < static_cast<int>(kFixedFiles) ? fixed_.at(fd) : nullptr)
+                       : lookup(fd);
+        if (!f0 || f0->kind == Kind::kNvmePath) {
+            return exactly(-EBADF);
+        }
+    }
+    // prep (6.12) or issue (7.x): the slot and the range in it
     if (slot >= kSlots) {
         return exactly(-EFAULT);
     }
