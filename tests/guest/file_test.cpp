@@ -171,12 +171,23 @@ TEST_P(Files, ReadsExtentsHolesAndUnwrittenThenWritesAllocateAndExtend) {
                 buf.begin_cpu_access(true);
                 std::memset(view.data() + boff, 0xa5, len);  // holes must be zeroed, not skipped
                 buf.end_cpu_access(true);
-                ASSERT_EQ(table.read(f.get(), 0, boff, static_cast<unsigned>(len), at),
-                          static_cast<int>(len));
+                // 6.12 zeroes holes and unwritten extents in the dma-buf; the 7.x series refuses
+                // to read them (EOPNOTSUPP), after a short read of the data before one, and leaves
+                // the rest of the buffer as it was.
+                std::size_t good = len;
+                int want = static_cast<int>(len);
+                if (guest::kernel_7_or_later() && at < 16 * kMiB && at + len > 8 * kMiB) {
+                    good = at < 8 * kMiB ? 8 * kMiB - at : 0;
+                    want = good != 0 ? static_cast<int>(good) : -EOPNOTSUPP;
+                }
+                ASSERT_EQ(table.read(f.get(), 0, boff, static_cast<unsigned>(len), at), want);
                 buf.begin_cpu_access(false);
-                ASSERT_EQ(std::memcmp(view.data() + boff, data.data() + at, len), 0);
+                ASSERT_EQ(std::memcmp(view.data() + boff, data.data() + at, good), 0);
+                ASSERT_TRUE(std::all_of(view.data() + boff + good, view.data() + boff + len,
+                                        [](std::uint8_t c) { return c == 0xa5; }))
+                    << "a refused range was written";
                 buf.end_cpu_access(false);
-                verified += len;
+                verified += good;
             }
         }
     }

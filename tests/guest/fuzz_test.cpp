@@ -26,7 +26,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -61,13 +60,7 @@ namespace {
 // at prep): with both a bad file and a bad slot, 7.x says EBADF where 6.12 said EFAULT. And 7.x's
 // extended update takes a UADDR descriptor exactly as an iovec: an empty one (uaddr and size 0)
 // with a tag is EINVAL there, as an empty iovec with a tag is.
-bool kernel_7_or_later() {
-    static const bool v = [] {
-        utsname u{};
-        return ::uname(&u) == 0 && std::atoi(u.release) >= 7;
-    }();
-    return v;
-}
+using guest::kernel_7_or_later;
 
 using dmabufio::BlockFile;
 using dmabufio::BufferTable;
