@@ -1096,9 +1096,16 @@ Expect Fuzzer::predict_rw(bool write, unsigned slot, std::uint64_t addr, std::ui
         return one_of(kGeneric, true);  // buffered user I/O: not what we test
     }
     const std::uint64_t addr_mask = dma_align_;
-    if ((static_cast<std::uint64_t>(p) & (lbs_ - 1)) != 0 || (eff & (lbs_ - 1)) != 0 ||
-        (addr & addr_mask) != 0) {
+    if ((static_cast<std::uint64_t>(p) & (lbs_ - 1)) != 0 || (eff & (lbs_ - 1)) != 0) {
         // with NOWAIT, cached pages in the range (the buffered fds) answer EAGAIN first
+        return nowait ? one_of({-EINVAL, -EAGAIN}, false) : exactly(-EINVAL);
+    }
+    if (!dma && kernel_7_or_later() && (addr & (lbs_ - 1)) != 0) {
+        // 7.x's block device direct I/O bounces some user memory that is not aligned for DMA
+        // (small I/O) and refuses the rest: both are outside the dma-buf contract
+        return nowait ? one_of({-EINVAL, -EAGAIN}, true) : one_of({-EINVAL}, true);
+    }
+    if ((addr & addr_mask) != 0) {
         return nowait ? one_of({-EINVAL, -EAGAIN}, false) : exactly(-EINVAL);
     }
     if (!dma && (addr & (lbs_ - 1)) != 0) {
@@ -1400,9 +1407,12 @@ void Fuzzer::call_other() {
         io_uring_prep_send_zc_fixed(&sqe, fd, reinterpret_cast<void*>(base),  // NOLINT
                                     len, MSG_DONTWAIT, 0, slot);
         sqe.buf_index = static_cast<std::uint16_t>(slot);
-        // prep checks the index; issue the socket, then imports the buffer
+        // prep checks the index (7.x: issue, after the socket); issue the socket, then imports
+        // the buffer
         // NOLINTBEGIN(bugprone-branch-clone): the kernel's order of checks
-        if (s == nullptr) {
+        if (kernel_7_or_later() && fd < 0) {
+            e = exactly(-EBADF);
+        } else if (s == nullptr) {
             e = exactly(-EFAULT);
         } else if (fd < 0) {
             e = exactly(-EBADF);
