@@ -1007,14 +1007,13 @@ Expect Fuzzer::predict_rw(bool write, unsigned slot, std::uint64_t addr, std::ui
     if ((sqe_flags & IOSQE_BUFFER_SELECT) != 0) {
         return exactly(-EOPNOTSUPP);  // READ_FIXED/WRITE_FIXED select no buffers
     }
-    if (kernel_7_or_later()) {
-        // issue: the file is looked up first
-        const std::shared_ptr<Desc> f0 =
-            fixed_file ? (fd >= 0 && fd < static_cast<int>(kFixedFiles) ? fixed_.at(fd) : nullptr)
-                       : lookup(fd);
-        if (!f0 || f0->kind == Kind::kNvmePath) {
-            return exactly(-EBADF);
-        }
+    // the file: 7.x looks it up (issue) before the buffer, 6.12 after (prep)
+    const std::shared_ptr<Desc> f =
+        fixed_file ? (fd >= 0 && fd < static_cast<int>(kFixedFiles) ? fixed_.at(fd) : nullptr)
+                   : lookup(fd);
+    const bool bad_file = !f || f->kind == Kind::kNvmePath;
+    if (kernel_7_or_later() && bad_file) {
+        return exactly(-EBADF);
     }
     // prep (6.12) or issue (7.x): the slot and the range in it
     if (slot >= kSlots) {
@@ -1032,14 +1031,7 @@ Expect Fuzzer::predict_rw(bool write, unsigned slot, std::uint64_t addr, std::ui
     if (s.type == Slot::kUser && (wraps || addr < s.uaddr || end > s.uaddr + s.size)) {
         return exactly(-EFAULT);
     }
-    // issue: the file
-    std::shared_ptr<Desc> f;
-    if (fixed_file) {
-        f = fd >= 0 && fd < static_cast<int>(kFixedFiles) ? fixed_.at(fd) : nullptr;
-    } else {
-        f = lookup(fd);
-    }
-    if (!f || f->kind == Kind::kNvmePath) {
+    if (bad_file) {
         return exactly(-EBADF);
     }
     *file_out = f;

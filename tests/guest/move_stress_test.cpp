@@ -546,20 +546,10 @@ Symbol kernel_symbol(const std::string& name) {
     return {start, *next};
 }
 
-// The importer's invalidation callback: dma_buf_io_invalidate_mappings on 7.3 (the dma-buf
+// The importer's invalidation callback: dma_buf_io_invalidate_mappings on 7.x (the dma-buf
 // callback's name there), dma_buf_io_move_notify on 6.12.
 const char* invalidation_callback() {
-    static const char* const name = [] {
-        std::ifstream in("/proc/kallsyms");
-        std::string line;
-        while (std::getline(in, line)) {
-            if (line.ends_with(" dma_buf_io_invalidate_mappings")) {
-                return "dma_buf_io_invalidate_mappings";
-            }
-        }
-        return "dma_buf_io_move_notify";
-    }();
-    return name;
+    return guest::kernel_7_or_later() ? "dma_buf_io_invalidate_mappings" : "dma_buf_io_move_notify";
 }
 
 // failslab and fail_page_alloc set to fail every allocation (any gfp, any order) whose call chain
