@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <string>
@@ -941,5 +942,45 @@ INSTANTIATE_TEST_SUITE_P(Schedulers, MoveParking, ::testing::Values("none", "mq-
                          [](const auto& info) {
                              return std::string(info.param) == "none" ? "none" : "mq_deadline";
                          });
+
+// Registrations of one dma-buf for one device share its mapping (the 7.3 series; 6.12's maps it
+// once per registration, which DMA API debugging reports as overlapping mappings): two slots of
+// one ring and a slot of another map it once, a move of the mapping they used re-maps it once,
+// and it is unmapped when the last registration goes, not before.
+TEST(MappedOnce, RegistrationsForOneDeviceShareTheMapping) {
+    BlockFile dev(guest::kDevice);
+    Ring ring(8);
+    Ring ring2(8);
+    DmaBuf buf = DmaBuf::allocate(Exporter::kTest, 4 * kMiB);
+    const unsigned mappings = guest::kernel_7_or_later() ? 1 : 3;
+    const ExporterStats base = ExporterStats::now();
+    auto b = std::make_unique<BufferTable>(ring2, 1);
+    b->register_dmabuf(0, buf, dev.fd());
+    {
+        BufferTable a(ring, 2);
+        a.register_dmabuf(0, buf, dev.fd());
+        a.register_dmabuf(1, buf, dev.fd());
+        EXPECT_EQ((ExporterStats::now() - base).maps, mappings);
+        for (unsigned m = 0; m < 2; m++) {
+            ASSERT_EQ(a.read(dev.fd(), 0, 0, 4 * kKiB, 0), static_cast<int>(4 * kKiB));
+            ASSERT_EQ(a.read(dev.fd(), 1, 4 * kKiB, 4 * kKiB, 4 * kKiB), static_cast<int>(4 * kKiB));
+            ASSERT_EQ(b->read(dev.fd(), 0, 8 * kKiB, 4 * kKiB, 8 * kKiB), static_cast<int>(4 * kKiB));
+            if (m == 0) {
+                buf.move();
+            }
+        }
+        const ExporterStats d = ExporterStats::now() - base;
+        EXPECT_EQ(d.moves, 1U);
+        EXPECT_EQ(d.maps, 2 * mappings) << "one re-map per mapping the move invalidated";
+        EXPECT_EQ(d.unmaps, mappings);
+    }
+    if (mappings == 1) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        EXPECT_EQ((ExporterStats::now() - base).unmaps, 1U) << "unmapped while a slot still has it";
+        ASSERT_EQ(b->read(dev.fd(), 0, 0, 4 * kKiB, 0), static_cast<int>(4 * kKiB));
+    }
+    b.reset();
+    EXPECT_TRUE(wait_maps_balanced(base)) << "maps and unmaps differ after unregistering";
+}
 
 }  // namespace
