@@ -554,11 +554,14 @@ const char* invalidation_callback() {
 }
 
 // failslab and fail_page_alloc set to fail every allocation (any gfp, any order) whose call chain
-// passes through `sym`; restored to off on destruction. injected() counts the failures.
+// passes through `sym`; restored to off on destruction. injected() counts the failures. Never
+// those of DMA API debugging's own bookkeeping (add_dma_entry()), which switches itself off for
+// good when one fails (a splat): the exporter's DMA mapping calls it from the paths tested.
 class FailAllocationsIn {
   public:
     static constexpr std::uint64_t kTimes = 1000000;
     FailAllocationsIn(const Symbol& sym, bool task_filter, unsigned probability = 100) {
+        const Symbol dma_debug = kernel_symbol("add_dma_entry");
         for (const char* a : kAttrs) {
             const std::string d = std::string("/sys/kernel/debug/") + a + "/";
             write_str(d + "probability", "0");
@@ -571,6 +574,8 @@ class FailAllocationsIn {
             write_str(d + "stacktrace-depth", "32");
             write_str(d + "require-end", std::to_string(sym.end));
             write_str(d + "require-start", std::to_string(sym.start));
+            write_str(d + "reject-end", std::to_string(dma_debug.end));
+            write_str(d + "reject-start", std::to_string(dma_debug.start));
         }
         write_str("/sys/kernel/debug/fail_page_alloc/ignore-gfp-highmem", "N");
         write_str("/sys/kernel/debug/fail_page_alloc/min-order", "0");
@@ -590,6 +595,8 @@ class FailAllocationsIn {
                 write_str(d + "probability", "0");
                 write_str(d + "require-start", "0");
                 write_str(d + "require-end", std::to_string(~0ULL));
+                write_str(d + "reject-start", "0");
+                write_str(d + "reject-end", "0");
                 write_str(d + "task-filter", "N");
             }
         } catch (...) {  // NOLINT(bugprone-empty-catch): the guest is about to end anyway
