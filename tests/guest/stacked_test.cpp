@@ -508,10 +508,17 @@ TEST(StackedFaults, MultipathFailsOverWhenAPathIsResetOrRemoved) {
         resets.load(), ios_resets, rounds.ios - ios_resets, rounds.verified);
     guest::write_str("/sys/bus/pci/rescan", "1");
     const std::string head_name = head.substr(5);
-    // A path is a controller's namespace (nvmeXcYnZ under the controller's sysfs directory).
+    // A path is a controller's namespace (nvmeXcYnZ under the controller's sysfs directory); the
+    // head sends I/O down it only once its controller is live.
     auto paths_of_head = [&] {
         std::size_t n = 0;
         for (const std::string& ctrl : controllers("dmabufio-mp")) {
+            std::ifstream state("/sys/class/nvme/" + ctrl + "/state");
+            std::string st;
+            state >> st;
+            if (st != "live") {
+                continue;
+            }
             for (const auto& e : std::filesystem::directory_iterator("/sys/class/nvme/" + ctrl)) {
                 const std::string name = e.path().filename();
                 n += name.rfind("nvme", 0) == 0 && name.find('c') != std::string::npos ? 1 : 0;
