@@ -970,8 +970,10 @@ TEST(MappedOnce, RegistrationsForOneDeviceShareTheMapping) {
         EXPECT_EQ((ExporterStats::now() - base).maps, mappings);
         for (unsigned m = 0; m < 2; m++) {
             ASSERT_EQ(a.read(dev.fd(), 0, 0, 4 * kKiB, 0), static_cast<int>(4 * kKiB));
-            ASSERT_EQ(a.read(dev.fd(), 1, 4 * kKiB, 4 * kKiB, 4 * kKiB), static_cast<int>(4 * kKiB));
-            ASSERT_EQ(b->read(dev.fd(), 0, 8 * kKiB, 4 * kKiB, 8 * kKiB), static_cast<int>(4 * kKiB));
+            ASSERT_EQ(a.read(dev.fd(), 1, 4 * kKiB, 4 * kKiB, 4 * kKiB),
+                      static_cast<int>(4 * kKiB));
+            ASSERT_EQ(b->read(dev.fd(), 0, 8 * kKiB, 4 * kKiB, 8 * kKiB),
+                      static_cast<int>(4 * kKiB));
             if (m == 0) {
                 buf.move();
             }
