@@ -509,9 +509,25 @@ TEST(StackedFaults, MultipathFailsOverWhenAPathIsResetOrRemoved) {
     guest::write_str("/sys/bus/pci/rescan", "1");
     const std::string head_name = head.substr(5);
     // A path is a controller's namespace (nvmeXcYnZ under the controller's sysfs directory); the
-    // head sends I/O down it only once its controller is live.
+    // head sends I/O down it only once its controller is live and the head has set the path live:
+    // round-robin skips a path whose ANA state is not set yet, which happens after the path's
+    // disk appears. Kernels since 6.15 link such paths under the head's multipath/ directory.
+    const std::filesystem::path links = "/sys/block/" + head_name + "/multipath";
     auto paths_of_head = [&] {
         std::size_t n = 0;
+        if (std::filesystem::is_directory(links)) {
+            for (const auto& e : std::filesystem::directory_iterator(links)) {
+                // nvme<subsystem>c<controller>n<namespace>, e.g. nvme2c3n1: controller nvme3
+                const std::string name = e.path().filename();
+                const std::size_t c = name.find('c', 4);
+                const std::string ctrl = "nvme" + name.substr(c + 1, name.find('n', c) - c - 1);
+                std::ifstream state("/sys/class/nvme/" + ctrl + "/state");
+                std::string st;
+                state >> st;
+                n += st == "live" ? 1 : 0;
+            }
+            return n;
+        }
         for (const std::string& ctrl : controllers("dmabufio-mp")) {
             std::ifstream state("/sys/class/nvme/" + ctrl + "/state");
             std::string st;
