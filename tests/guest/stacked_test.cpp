@@ -513,6 +513,12 @@ TEST(StackedFaults, MultipathFailsOverWhenAPathIsResetOrRemoved) {
     // round-robin skips a path whose ANA state is not set yet, which happens after the path's
     // disk appears. Kernels since 6.15 link such paths under the head's multipath/ directory.
     const std::filesystem::path links = "/sys/block/" + head_name + "/multipath";
+    auto live = [](const std::string& ctrl) {
+        std::ifstream state("/sys/class/nvme/" + ctrl + "/state");
+        std::string st;
+        state >> st;
+        return st == "live";
+    };
     auto paths_of_head = [&] {
         std::size_t n = 0;
         if (std::filesystem::is_directory(links)) {
@@ -520,19 +526,12 @@ TEST(StackedFaults, MultipathFailsOverWhenAPathIsResetOrRemoved) {
                 // nvme<subsystem>c<controller>n<namespace>, e.g. nvme2c3n1: controller nvme3
                 const std::string name = e.path().filename();
                 const std::size_t c = name.find('c', 4);
-                const std::string ctrl = "nvme" + name.substr(c + 1, name.find('n', c) - c - 1);
-                std::ifstream state("/sys/class/nvme/" + ctrl + "/state");
-                std::string st;
-                state >> st;
-                n += st == "live" ? 1 : 0;
+                n += live("nvme" + name.substr(c + 1, name.find('n', c) - c - 1)) ? 1 : 0;
             }
             return n;
         }
         for (const std::string& ctrl : controllers("dmabufio-mp")) {
-            std::ifstream state("/sys/class/nvme/" + ctrl + "/state");
-            std::string st;
-            state >> st;
-            if (st != "live") {
+            if (!live(ctrl)) {
                 continue;
             }
             for (const auto& e : std::filesystem::directory_iterator("/sys/class/nvme/" + ctrl)) {
