@@ -11,7 +11,7 @@ HOST := build/host
 
 # Debian 12 packages the lab needs; installed with apt-get when one is missing (as root).
 PACKAGES := build-essential flex bison bc libelf-dev libssl-dev cpio kmod dwarves rsync \
-	linux-source-6.12 qemu-system-x86 ccache git xz-utils zstd python3 \
+	qemu-system-x86 ccache git xz-utils zstd python3 \
 	cmake pkg-config liburing-dev googletest libgtest-dev fio gnuplot-nox \
 	clang-format clang-tidy dpkg-dev linux-perf e2fsprogs xfsprogs dmsetup mdadm
 

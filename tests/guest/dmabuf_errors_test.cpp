@@ -4,8 +4,10 @@
 // exporter makes one on x86), and a re-map that keeps failing (EIO after 5 s).
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/dma-heap.h>
 #include <linux/nvme_ioctl.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,6 +18,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "dmabufio/buffer_table.hpp"
 #include "dmabufio/dmabuf.hpp"
@@ -237,6 +240,47 @@ TEST_F(Errors, EmptyAndUserTypesThroughTheExtendedUpdate) {
     ASSERT_EQ(table.update(2, d), 1);
     io_uring_prep_read_fixed(ring.sqe(), dev.fd(), mem.data(), 4096, 0, 2);
     EXPECT_EQ(ring.submit_and_wait_one().second, -EFAULT) << "an empty slot";
+}
+
+TEST_F(Errors, DmaBufFieldsOfOtherTypesAreEinval) {
+    guest::Memory mem(64 * kKiB);
+    io_uring_regbuf_desc d{};
+    d.type = IO_REGBUF_TYPE_UADDR;
+    d.uaddr = reinterpret_cast<std::uintptr_t>(mem.data());
+    d.size = mem.size();
+    d.dmabuf_fd = buf.fd();
+    EXPECT_EQ(table.update(2, d), -EINVAL) << "dmabuf_fd set for user memory";
+    d.dmabuf_fd = 0;
+    d.target_fd = dev.fd();
+    EXPECT_EQ(table.update(2, d), -EINVAL) << "target_fd set for user memory";
+    d = {};
+    d.type = IO_REGBUF_TYPE_EMPTY;
+    d.target_fd = dev.fd();
+    EXPECT_EQ(table.update(2, d), -EINVAL) << "target_fd set for an empty slot";
+    d.target_fd = 0;
+    EXPECT_EQ(table.update(2, d), 1) << "the same empty descriptor without it";
+}
+
+// A dma-buf handed out read-only (here by the system heap, fd_flags O_RDONLY) is only read from:
+// WRITE_FIXED carries its contents to the device, READ_FIXED into it is EFAULT.
+TEST_F(Errors, ReadOnlyDmaBufIsOnlyReadFrom) {
+    Fd heap(::open("/dev/dma_heap/system", O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(heap.valid()) << std::strerror(errno);
+    dma_heap_allocation_data alloc{};
+    alloc.len = kMiB;
+    alloc.fd_flags = O_RDONLY | O_CLOEXEC;
+    ASSERT_EQ(::ioctl(heap.get(), DMA_HEAP_IOCTL_ALLOC, &alloc), 0) << std::strerror(errno);
+    Fd ro(static_cast<int>(alloc.fd));
+    guest::Memory mem(4 * kKiB);
+    std::memset(mem.data(), 0x5a, mem.size());
+    ASSERT_EQ(::pwrite(dev.fd(), mem.data(), mem.size(), 0), static_cast<ssize_t>(mem.size()));
+    ASSERT_EQ(table.update(0, guest::dmabuf_desc(ro.get(), dev.fd())), 1);
+    EXPECT_EQ(table.write(dev.fd(), 0, 0, 4096, 0), 4096) << "the device reads it";
+    EXPECT_EQ(table.read(dev.fd(), 0, 0, 4096, 0), -EFAULT) << "the device may not write it";
+    ASSERT_EQ(::pread(dev.fd(), mem.data(), mem.size(), 0), static_cast<ssize_t>(mem.size()));
+    const std::vector<std::uint8_t> zeros(mem.size(), 0);
+    EXPECT_EQ(std::memcmp(mem.data(), zeros.data(), zeros.size()), 0)
+        << "the heap's zeroed memory reached the device";
 }
 
 // Lifetime: the registration keeps what it needs; I/O in flight completes correctly whatever

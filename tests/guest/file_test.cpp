@@ -171,12 +171,12 @@ TEST_P(Files, ReadsExtentsHolesAndUnwrittenThenWritesAllocateAndExtend) {
                 buf.begin_cpu_access(true);
                 std::memset(view.data() + boff, 0xa5, len);  // holes must be zeroed, not skipped
                 buf.end_cpu_access(true);
-                // 6.12 zeroes holes and unwritten extents in the dma-buf; the 7.x series refuses
-                // to read them (EOPNOTSUPP), after a short read of the data before one, and leaves
-                // the rest of the buffer as it was.
+                // Holes and unwritten extents are not zeroed in the dma-buf: a read that starts
+                // in one is refused (EOPNOTSUPP), one that reaches one is short, and the rest of
+                // the buffer stays as it was.
                 std::size_t good = len;
                 int want = static_cast<int>(len);
-                if (guest::kernel_7_or_later() && at < 16 * kMiB && at + len > 8 * kMiB) {
+                if (at < 16 * kMiB && at + len > 8 * kMiB) {
                     good = at < 8 * kMiB ? 8 * kMiB - at : 0;
                     want = good != 0 ? static_cast<int>(good) : -EOPNOTSUPP;
                 }
@@ -480,8 +480,8 @@ TEST_P(Files, TruncatePunchAndUnlinkRaceWithIo) {
         for (unsigned i = 0; i < 16; i++) {
             auto [ud, res] = ring.submit_and_wait_one();
             ASSERT_LT(ud, 16U);
-            // the 7.x series refuses a read that starts in a hole the punch made
-            if (guest::kernel_7_or_later() && !writes[ud] && res == -EOPNOTSUPP) {
+            // a read that starts in a hole the punch made is refused
+            if (!writes[ud] && res == -EOPNOTSUPP) {
                 refused++;
                 continue;
             }
@@ -501,7 +501,7 @@ TEST_P(Files, TruncatePunchAndUnlinkRaceWithIo) {
     ASSERT_EQ(::unlink(path("data").c_str()), 0);
     for (unsigned i = 0; i < 16; i++) {
         auto [ud, res] = ring.submit_and_wait_one();
-        if (guest::kernel_7_or_later() && ud % 2 == 1 && res == -EOPNOTSUPP) {
+        if (ud % 2 == 1 && res == -EOPNOTSUPP) {
             continue;  // a read of a hole the last punch left
         }
         EXPECT_GE(res, 0) << "I/O " << ud << " after unlink: " << std::strerror(-res);

@@ -56,11 +56,9 @@
 
 namespace {
 
-// 7.x io_uring imports a fixed buffer at issue, after it has looked the file up (6.12 imported it
-// at prep): with both a bad file and a bad slot, 7.x says EBADF where 6.12 said EFAULT. And 7.x's
-// extended update takes a UADDR descriptor exactly as an iovec: an empty one (uaddr and size 0)
-// with a tag is EINVAL there, as an empty iovec with a tag is.
-using guest::kernel_7_or_later;
+// io_uring imports a fixed buffer at issue, after it has looked the file up: with both a bad file
+// and a bad slot, the answer is EBADF. The extended update takes a UADDR descriptor exactly as an
+// iovec: an empty one (uaddr and size 0) with a tag is EINVAL, as an empty iovec with a tag is.
 
 using dmabufio::BlockFile;
 using dmabufio::BufferTable;
@@ -674,11 +672,15 @@ int Fuzzer::predict_desc(const io_uring_regbuf_desc& d, std::uint64_t tag, bool*
                                     [](std::uint64_t v) { return v != 0; })) {
         return -EINVAL;
     }
+    // the dma-buf's fields must be 0 for the other types
+    if (d.type != IO_REGBUF_TYPE_DMABUF && (d.dmabuf_fd != 0 || d.target_fd != 0)) {
+        return -EINVAL;
+    }
     switch (d.type) {
         case IO_REGBUF_TYPE_EMPTY:
             return d.uaddr != 0 || d.size != 0 ? -EINVAL : 0;
         case IO_REGBUF_TYPE_UADDR: {
-            if (kernel_7_or_later() && d.uaddr == 0 && d.size == 0 && tag != 0) {
+            if (d.uaddr == 0 && d.size == 0 && tag != 0) {
                 return -EINVAL;
             }
             const int r = predict_uaddr(d.uaddr, d.size, uncertain, out);
@@ -848,9 +850,8 @@ void Fuzzer::call_register() {
         if (d.type == IO_REGBUF_TYPE_EMPTY && chance(3)) {
             (chance(50) ? d.uaddr : d.size) = 1 + rnd(kMiB);
         }
-        if (d.type == IO_REGBUF_TYPE_EMPTY && chance(20)) {
-            d.dmabuf_fd = pick_any_fd();  // ignored for an empty slot
-            d.target_fd = pick_any_fd();
+        if (d.type != IO_REGBUF_TYPE_DMABUF && chance(20)) {
+            (chance(50) ? d.dmabuf_fd : d.target_fd) = pick_any_fd();  // EINVAL unless fd 0
         }
         descs[k] = d;
         if (classic) {
@@ -1007,15 +1008,15 @@ Expect Fuzzer::predict_rw(bool write, unsigned slot, std::uint64_t addr, std::ui
     if ((sqe_flags & IOSQE_BUFFER_SELECT) != 0) {
         return exactly(-EOPNOTSUPP);  // READ_FIXED/WRITE_FIXED select no buffers
     }
-    // the file: 7.x looks it up (issue) before the buffer, 6.12 after (prep)
+    // the file: looked up (at issue) before the buffer
     const std::shared_ptr<Desc> f =
         fixed_file ? (fd >= 0 && fd < static_cast<int>(kFixedFiles) ? fixed_.at(fd) : nullptr)
                    : lookup(fd);
     const bool bad_file = !f || f->kind == Kind::kNvmePath;
-    if (kernel_7_or_later() && bad_file) {
+    if (bad_file) {
         return exactly(-EBADF);
     }
-    // prep (6.12) or issue (7.x): the slot and the range in it
+    // issue: the slot and the range in it
     if (slot >= kSlots) {
         return exactly(-EFAULT);
     }
@@ -1092,8 +1093,8 @@ Expect Fuzzer::predict_rw(bool write, unsigned slot, std::uint64_t addr, std::ui
         // with NOWAIT, cached pages in the range (the buffered fds) answer EAGAIN first
         return nowait ? one_of({-EINVAL, -EAGAIN}, false) : exactly(-EINVAL);
     }
-    if (!dma && kernel_7_or_later() && (addr & (lbs_ - 1)) != 0) {
-        // 7.x's block device direct I/O bounces some user memory that is not aligned for DMA
+    if (!dma && (addr & (lbs_ - 1)) != 0) {
+        // block device direct I/O bounces some user memory that is not aligned for DMA
         // (small I/O) and refuses the rest: both are outside the dma-buf contract
         return nowait ? one_of({-EINVAL, -EAGAIN}, true) : one_of({-EINVAL}, true);
     }
@@ -1399,15 +1400,12 @@ void Fuzzer::call_other() {
         io_uring_prep_send_zc_fixed(&sqe, fd, reinterpret_cast<void*>(base),  // NOLINT
                                     len, MSG_DONTWAIT, 0, slot);
         sqe.buf_index = static_cast<std::uint16_t>(slot);
-        // prep checks the index (7.x: issue, after the socket); issue the socket, then imports
-        // the buffer
+        // issue checks the socket, then imports the buffer (the index first)
         // NOLINTBEGIN(bugprone-branch-clone): the kernel's order of checks
-        if (kernel_7_or_later() && fd < 0) {
+        if (fd < 0) {
             e = exactly(-EBADF);
         } else if (s == nullptr) {
             e = exactly(-EFAULT);
-        } else if (fd < 0) {
-            e = exactly(-EBADF);
         } else if (s->type == Slot::kEmpty) {
             e = exactly(-EFAULT);
         } else if (s->type == Slot::kDma) {

@@ -8,7 +8,6 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/types.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -41,17 +40,6 @@ constexpr const char* kDevice = "/dev/nvme0n1";
 constexpr std::size_t kKiB = 1024;
 constexpr std::size_t kMiB = 1024 * kKiB;
 constexpr std::size_t kGiB = 1024 * kMiB;
-
-// The series on Linux 7.x (kernel/next) differs from the 6.12 one where 7.x's own code does (the
-// order of io_uring's checks) or where a review defect was fixed (holes in files are refused).
-// The tests check each kernel's documented behaviour until 6.12 is retired.
-inline bool kernel_7_or_later() {
-    static const bool v = [] {
-        utsname u{};
-        return ::uname(&u) == 0 && std::atoi(u.release) >= 7;
-    }();
-    return v;
-}
 
 // Anonymous page-aligned memory (for the ordinary O_DIRECT reference path).
 class Memory {

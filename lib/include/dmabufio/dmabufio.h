@@ -16,7 +16,8 @@
  *                 same device included);
  *     EOPNOTSUPP  an opcode other than READ_FIXED/WRITE_FIXED, or the device gained integrity
  *                 metadata since registration;
- *     EFAULT      offset + len lies outside the dma-buf;
+ *     EFAULT      offset + len lies outside the dma-buf, or a READ_FIXED into a dma-buf whose
+ *                 fd was not open for writing (such a slot is only read from);
  *     EINVAL      offset (into the dma-buf) is not aligned to the device's DMA alignment
  *                 (queue/dma_alignment + 1), or len or the file offset is not a multiple of the
  *                 device's logical block size.
