@@ -48,6 +48,15 @@ int update_with_flags(int ring_fd, unsigned slot, std::uint32_t flags,
     return dmabufio_register_raw(ring_fd, IORING_REGISTER_BUFFERS_UPDATE, &up, sizeof(up));
 }
 
+// A descriptor of user memory (IO_REGBUF_TYPE_UADDR) covering @mem.
+io_uring_regbuf_desc user_desc(const guest::Memory& mem) {
+    io_uring_regbuf_desc d{};
+    d.type = IO_REGBUF_TYPE_UADDR;
+    d.uaddr = reinterpret_cast<std::uintptr_t>(mem.data());
+    d.size = mem.size();
+    return d;
+}
+
 class Errors : public testing::Test {
   protected:
     BlockFile dev{guest::kDevice};
@@ -228,10 +237,7 @@ TEST_F(Errors, MisalignedOffsetOrLengthIsEinval) {
 
 TEST_F(Errors, EmptyAndUserTypesThroughTheExtendedUpdate) {
     guest::Memory mem(64 * kKiB);
-    io_uring_regbuf_desc d{};
-    d.type = IO_REGBUF_TYPE_UADDR;
-    d.uaddr = reinterpret_cast<std::uintptr_t>(mem.data());
-    d.size = mem.size();
+    io_uring_regbuf_desc d = user_desc(mem);
     ASSERT_EQ(table.update(2, d), 1);
     io_uring_prep_read_fixed(ring.sqe(), dev.fd(), mem.data(), 4096, 0, 2);
     EXPECT_EQ(ring.submit_and_wait_one().second, 4096);
@@ -244,10 +250,7 @@ TEST_F(Errors, EmptyAndUserTypesThroughTheExtendedUpdate) {
 
 TEST_F(Errors, DmaBufFieldsOfOtherTypesAreEinval) {
     guest::Memory mem(64 * kKiB);
-    io_uring_regbuf_desc d{};
-    d.type = IO_REGBUF_TYPE_UADDR;
-    d.uaddr = reinterpret_cast<std::uintptr_t>(mem.data());
-    d.size = mem.size();
+    io_uring_regbuf_desc d = user_desc(mem);
     d.dmabuf_fd = buf.fd();
     EXPECT_EQ(table.update(2, d), -EINVAL) << "dmabuf_fd set for user memory";
     d.dmabuf_fd = 0;
