@@ -548,7 +548,7 @@ Symbol kernel_symbol(const std::string& name) {
 }
 
 // The importer's invalidation callback (dma_buf_attach_ops.invalidate_mappings).
-const char* invalidation_callback() { return "dma_buf_io_invalidate_mappings"; }
+constexpr const char* kInvalidationCallback = "dma_buf_io_invalidate_mappings";
 
 // failslab and fail_page_alloc set to fail every allocation (any gfp, any order) whose call chain
 // passes through `sym`; restored to off on destruction. injected() counts the failures. Never
@@ -664,14 +664,14 @@ InjectionRun run_with_failing_allocations(const char* symbol, std::uint32_t move
 // still allocates nothing, since it publishes no fence (it waits for the in-flight I/O itself).
 TEST(MoveFaultInjection, MoveNotifyAllocatesNothingWithoutReservedSlots) {
     const auto r =
-        run_with_failing_allocations(invalidation_callback(), DMABUF_TEST_MOVE_NO_RESERVE, true, 8);
+        run_with_failing_allocations(kInvalidationCallback, DMABUF_TEST_MOVE_NO_RESERVE, true, 8);
     EXPECT_EQ(r.injected.first + r.injected.second, 0U);
 }
 
 // With an exporter that reserves the importers' slots (as the test exporter does by default),
 // move_notify allocates nothing either: every allocation in it would fail, and none is made.
 TEST(MoveFaultInjection, MoveNotifyAllocatesNothing) {
-    const auto r = run_with_failing_allocations(invalidation_callback(), 0, true, 8);
+    const auto r = run_with_failing_allocations(kInvalidationCallback, 0, true, 8);
     EXPECT_EQ(r.injected.first + r.injected.second, 0U);
 }
 
@@ -949,8 +949,8 @@ INSTANTIATE_TEST_SUITE_P(Schedulers, MoveWaitForMapping, ::testing::Values("none
 
 // Registrations of one dma-buf for one device share its mapping (else DMA API debugging would
 // report overlapping mappings of the same memory): two slots of one ring and a slot of another
-// map it once, a move of the mapping they used re-maps it once,
-// and it is unmapped when the last registration goes, not before.
+// map it once, a move of the mapping they used re-maps it once, and it is unmapped when the last
+// registration goes, not before.
 TEST(MappedOnce, RegistrationsForOneDeviceShareTheMapping) {
     BlockFile dev(guest::kDevice);
     Ring ring(8);
